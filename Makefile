@@ -1,0 +1,21 @@
+# The two commands of the README: `make demo` and `make test`. Both set everything up on first use.
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test lint bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(BIN)/modscope cluster mlp:784-256x4-10 --shuffles 20 --jobs 2 --out demo-out
+
+test: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/bench_clusterability.py
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,99 @@
+"""Cost of a mask-training step (SPEC §2.1) against a plain training step, and concurrent vs separate tasks.
+
+FNN 42-800x4-20 (the arithmetic network of Csordás et al. 2021), batch 128, samples=4:
+
+* mask step / plain Adam step of the same model and batch (target: at most 1.5x on CPU);
+* one step training 3 tasks concurrently / 3 steps of single-task runs (target: at most 1.0).
+
+Per-step times come from the progress callback's timestamps; medians over repeats, warm-up steps excluded.
+Run: ``python benchmarks/bench_masks.py [--steps 30] [--repeats 3]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modscope.masks import train_masks
+
+
+def fnn(hidden: int = 800, depth: int = 4, seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    width = 42
+    for _ in range(depth):
+        layers += [nn.Linear(width, hidden), nn.ReLU()]
+        width = hidden
+    layers.append(nn.Linear(width, 20))
+    return nn.Sequential(*layers)
+
+
+def loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(out.reshape(-1, 10), y.reshape(-1))
+
+
+def data(n: int = 4096, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.zeros(n, 42)
+    digits = torch.randint(10, (n, 4), generator=g)
+    x[torch.arange(n)[:, None], digits + torch.arange(4) * 10] = 1.0
+    x[torch.arange(n), 40 + torch.randint(2, (n,), generator=g)] = 1.0
+    return x, torch.randint(10, (n, 2), generator=g)
+
+
+def plain_step_times(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int) -> list[float]:
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(0)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        idx = torch.randint(len(y), (batch,), generator=g)
+        opt.zero_grad()
+        loss_fn(model(x[idx]), y[idx]).backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def mask_step_times(model: nn.Module, n_tasks: int, steps: int, batch: int, samples: int) -> list[float]:
+    stamps: list[float] = []
+    tasks = {f"task{i}": data(seed=i) for i in range(n_tasks)}
+    t0 = time.perf_counter()
+    train_masks(model, tasks, loss_fn, steps=steps, beta=1e-4, samples=samples, batch_size=batch,
+                progress=lambda *_: stamps.append(time.perf_counter()))
+    return [b - a for a, b in zip([t0, *stamps[:-1]], stamps, strict=True)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--samples", type=int, default=4)
+    args = p.parse_args(argv)
+    model = fnn()
+    x, y = data()
+
+    def median(fn) -> float:
+        runs = [statistics.median(fn()[args.warmup:]) for _ in range(args.repeats)]
+        return statistics.median(runs)
+
+    plain = median(lambda: plain_step_times(fnn(), x, y, args.steps + args.warmup, args.batch))
+    mask1 = median(lambda: mask_step_times(model, 1, args.steps + args.warmup, args.batch, args.samples))
+    mask3 = median(lambda: mask_step_times(model, 3, args.steps + args.warmup, args.batch, args.samples))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, FNN 42-800x4-20, batch {args.batch}, "
+          f"samples {args.samples}")
+    print(f"plain Adam step          {plain * 1e3:8.2f} ms")
+    print(f"mask step (1 task)       {mask1 * 1e3:8.2f} ms   ratio to plain {mask1 / plain:5.2f}  (target <= 1.5)")
+    print(f"mask step (3 tasks)      {mask3 * 1e3:8.2f} ms   ratio to 3 separate {mask3 / (3 * mask1):5.2f}"
+          "  (target <= 1.0)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""modscope: is a trained neural network modular, where, and how sure are we?
+
+Two lenses on a PyTorch model:
+
+* structural -- :mod:`modscope.graph` turns weights into a graph of units, :mod:`modscope.cluster`
+  partitions it by spectral clustering and tests the normalized cut against shuffled networks
+  (Filan et al., "Clusterability in Neural Networks", arXiv:2103.03386);
+* functional -- :mod:`modscope.masks` learns binary weight masks per sub-task
+  (Csordás et al., "Are Neural Nets Modular?", ICLR 2021, arXiv:2010.02066).
+"""
+
+from modscope.cluster import (
+    ClusterabilityResult,
+    Partition,
+    clusterability,
+    ncut,
+    spectral_partition,
+)
+from modscope.graph import GraphError, WeightGraph, shuffle_graph
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ClusterabilityResult",
+    "GraphError",
+    "Partition",
+    "WeightGraph",
+    "__version__",
+    "clusterability",
+    "ncut",
+    "shuffle_graph",
+    "spectral_partition",
+]

@@ -1,0 +1,208 @@
+"""Is a network more clusterable than chance? The shuffle test of Filan et al. (arXiv:2103.03386, §3).
+
+The n-cut of the trained network is compared with the n-cuts of ``n_shuffles`` networks whose weights
+were permuted within each layer. Every shuffle draws from its own seed, spawned from the master seed, so
+the result does not depend on the number of worker processes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from joblib import Parallel, delayed
+from threadpoolctl import threadpool_limits
+
+from modscope.cluster.affinity import Affinity
+from modscope.cluster.spectral import Partition, check_k, partition_affinity
+from modscope.graph import WeightGraph, shuffle_blocks
+from modscope.graph.shuffle import check_shuffle
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class ClusterabilityResult:
+    """Outcome of :func:`clusterability`.
+
+    Attributes
+    ----------
+    ncut : float
+        n-cut of the network's own partition.
+    partition : Partition
+        That partition.
+    null_ncuts : ndarray, shape (n_shuffles,)
+        n-cut of every shuffled network, in shuffle order.
+    null_mean, null_std : float
+        Mean and sample standard deviation (ddof=1) of ``null_ncuts``.
+    z : float
+        ``(ncut - null_mean) / null_std``; negative = more clusterable than the shuffles.
+    p_value : float
+        One-sided ``(1 + #{null <= ncut}) / (1 + n_shuffles)``.
+    below_all : bool
+        ``ncut`` is lower than every shuffle's.
+    k, n_shuffles, shuffle, seed : the settings used.
+    """
+
+    ncut: float
+    partition: Partition
+    null_ncuts: np.ndarray
+    null_mean: float
+    null_std: float
+    z: float
+    p_value: float
+    below_all: bool
+    k: int
+    n_shuffles: int
+    shuffle: str
+    seed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {key: getattr(self, key) for key in self.__dataclass_fields__}
+        d["partition"] = self.partition.to_dict()
+        d["null_ncuts"] = self.null_ncuts.tolist()
+        # JSON has no NaN/inf; an undefined z (all shuffles equal) is written as null.
+        d["z"] = self.z if math.isfinite(self.z) else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ClusterabilityResult:
+        d = dict(d)
+        d["partition"] = Partition.from_dict(d["partition"])
+        d["null_ncuts"] = np.asarray(d["null_ncuts"], dtype=float)
+        d["z"] = float("nan") if d["z"] is None else d["z"]
+        return cls(**d)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the result as JSON, atomically (a crash never leaves half a file)."""
+        write_text_atomic(Path(path), json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ClusterabilityResult:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path} is not a clusterability result: {exc}") from exc
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def null_summary(ncut: float, null: np.ndarray) -> dict[str, Any]:
+    """Mean, sd, z, one-sided p and below-all of ``ncut`` against the null n-cuts."""
+    mean = float(null.mean())
+    std = float(null.std(ddof=1)) if null.size > 1 else float("nan")
+    z = (ncut - mean) / std if std > 0 else float("nan")
+    return {
+        "null_mean": mean,
+        "null_std": std,
+        "z": z,
+        "p_value": float((1 + np.count_nonzero(null <= ncut)) / (1 + null.size)),
+        "below_all": bool(ncut < null.min()),
+    }
+
+
+def cohens_d(a: Any, b: Any) -> float:
+    """Cohen's d of two groups (e.g. n-cuts of trained vs control networks), pooled sd (ddof=1)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.size < 2 or b.size < 2:
+        raise ValueError(f"Cohen's d needs at least 2 values per group, got {a.size} and {b.size}")
+    pooled = ((a.size - 1) * a.var(ddof=1) + (b.size - 1) * b.var(ddof=1)) / (a.size + b.size - 2)
+    return float((a.mean() - b.mean()) / np.sqrt(pooled)) if pooled > 0 else float("nan")
+
+
+def _one_shuffle(blocks, k: int, shuffle: str, solver: str, n_init: int, seed_seq) -> float:
+    shuffle_seed, cluster_seed = seed_seq.spawn(2)
+    shuffled = shuffle_blocks(blocks, shuffle, np.random.default_rng(shuffle_seed))
+    # One BLAS/OpenMP thread per clustering, in the parent as in the workers: the result then does not
+    # depend on how the work is spread, and processes, not threads, use the cores.
+    with threadpool_limits(limits=1):
+        return partition_affinity(Affinity.from_blocks(shuffled), k, seed=cluster_seed, solver=solver,
+                                  n_init=n_init).ncut  # fmt: skip
+
+
+def _indexed(i: int, fn, *args):
+    return i, fn(*args)
+
+
+def clusterability(
+    model_or_graph: Any,
+    k: int = 12,
+    n_shuffles: int = 50,
+    shuffle: str = "layer",
+    seed: int = 0,
+    n_jobs: int = 1,
+    progress: Progress | None = None,
+    *,
+    solver: str = "auto",
+    n_init: int = 10,
+) -> ClusterabilityResult:
+    """n-cut of a network against ``n_shuffles`` shuffled copies of it.
+
+    Parameters
+    ----------
+    model_or_graph : nn.Module or WeightGraph
+        A module is turned into a graph with :meth:`WeightGraph.from_module` (defaults).
+    k : int, default 12
+        Clusters per partition.
+    n_shuffles : int, default 50
+        Null networks; at least 2.
+    shuffle : {"layer", "layer_nonzero"}, default "layer"
+        Permute all entries of each layer's edge block, or only its non-zero entries.
+    seed : int, default 0
+        Master seed; the network's own partition and every shuffle get seeds spawned from it.
+    n_jobs : int, default 1
+        Worker processes for the shuffles (``-1``: one per CPU). The result is identical for any value.
+    progress : callable(done, total), optional
+        Called after each finished clustering (the network's own first).
+    solver, n_init : see :func:`spectral_partition`.
+    """
+    graph = model_or_graph if isinstance(model_or_graph, WeightGraph) else WeightGraph.from_module(model_or_graph)
+    check_shuffle(shuffle)
+    if isinstance(n_shuffles, bool) or not isinstance(n_shuffles, (int, np.integer)) or n_shuffles < 2:
+        raise ValueError(f"n_shuffles must be an int >= 2, got {n_shuffles!r}")
+    if not isinstance(n_jobs, (int, np.integer)) or n_jobs == 0 or n_jobs < -1:
+        raise ValueError(f"n_jobs must be a positive int or -1, got {n_jobs!r}")
+    n_jobs = (os.cpu_count() or 1) if n_jobs == -1 else int(n_jobs)
+    total = n_shuffles + 1
+
+    own_seed, *shuffle_seeds = np.random.SeedSequence(seed).spawn(total)
+    aff = Affinity(graph)
+    k = check_k(k, aff.n)
+    args = (graph.blocks, k, shuffle, solver, n_init)
+    if n_jobs == 1:
+        results = ((i, _one_shuffle(*args, s)) for i, s in enumerate(shuffle_seeds))
+    else:
+        # loky workers: no `if __name__ == "__main__"` needed in user scripts, large blocks memory-mapped.
+        # Dispatch starts now, so the workers' start-up overlaps the network's own clustering below.
+        results = Parallel(n_jobs=min(n_jobs, n_shuffles), return_as="generator_unordered")(
+            delayed(_indexed)(i, _one_shuffle, *args, s) for i, s in enumerate(shuffle_seeds)
+        )
+    with threadpool_limits(limits=1):
+        partition = partition_affinity(aff, k, seed=own_seed, solver=solver, n_init=n_init)
+    if progress:
+        progress(1, total)
+    null = np.empty(n_shuffles)
+    for done, (i, value) in enumerate(results, start=2):
+        null[i] = value
+        if progress:
+            progress(done, total)
+    return ClusterabilityResult(
+        ncut=partition.ncut,
+        partition=partition,
+        null_ncuts=null,
+        k=partition.k,
+        n_shuffles=int(n_shuffles),
+        shuffle=shuffle,
+        seed=int(seed),
+        **null_summary(partition.ncut, null),
+    )

@@ -1,0 +1,6 @@
+"""Weight graphs: units as nodes, weight magnitudes as edges (SPEC §1.1), and their shuffled null models."""
+
+from modscope.graph.shuffle import SHUFFLES, shuffle_blocks, shuffle_graph
+from modscope.graph.weight_graph import CHANNEL_NORMS, GraphError, Layer, WeightGraph
+
+__all__ = ["CHANNEL_NORMS", "SHUFFLES", "GraphError", "Layer", "WeightGraph", "shuffle_blocks", "shuffle_graph"]

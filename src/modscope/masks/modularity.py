@@ -1,0 +1,95 @@
+"""The papers' modularity scores from masks (SPEC §2.2; Csordás et al. 2021, §3).
+
+Chance-corrected relative drop of task T's accuracy under a condition m:
+``d_T(m) = clip((acc_T(full) - acc_T(m)) / (acc_T(full) - chance_T), 0, 1)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from modscope.masks.evaluate import Kind, MaskEvalTable
+from modscope.masks.maskset import MaskSet
+from modscope.masks.metrics import iomin, iou
+
+__all__ = ["Reuse", "p_reuse", "p_specialize", "relative_drop"]
+
+Chance = float | Mapping[str, float]
+
+
+def _chance(chance: Chance, eval_set: str) -> float:
+    if isinstance(chance, Mapping):
+        if eval_set not in chance:
+            raise ValueError(f"no chance level for {eval_set!r}; chance has {list(chance)}")
+        return float(chance[eval_set])
+    return float(chance)
+
+
+def relative_drop(table: MaskEvalTable, eval_set: str, kind: Kind, task: str | None, chance: Chance) -> float:
+    """``d_T(m)`` for T = ``eval_set`` and m = condition ``(kind, task)``, in [0, 1]."""
+    full = table.score("full", None, eval_set)
+    c = _chance(chance, eval_set)
+    if not full > c:
+        raise ValueError(
+            f"full-model score on {eval_set!r} is {full}, not above chance {c}: the relative drop is undefined"
+        )
+    return min(max((full - table.score(kind, task, eval_set)) / (full - c), 0.0), 1.0)
+
+
+def p_specialize(table: MaskEvalTable, a: str, b: str, chance: Chance) -> float:
+    """``P_specialize(A|B) = d_A(not A) - d_B(not A)`` in [-1, 1]; 1 means removing A's weights kills A and
+    spares B. ``a`` names both a mask and an evaluation set, ``b`` an evaluation set."""
+    for name, where, what in ((a, table.tasks, "task"), (a, table.eval_sets, "evaluation set"),
+                              (b, table.eval_sets, "evaluation set")):
+        if name not in where:
+            raise ValueError(f"unknown {what} {name!r}; the table has {list(where)}")
+    return relative_drop(table, a, "inverted", a, chance) - relative_drop(table, b, "inverted", a, chance)
+
+
+@dataclass(frozen=True)
+class Reuse:
+    """P_reuse of two instances of one function: structural (IoU, IoMin over the shared layers) and
+    functional ``1 - d_A2(not A1)`` (``nan`` without a table). Low values mean no reuse."""
+
+    iou: float
+    iomin: float
+    functional: float
+    layers: tuple[str, ...] = field(default_factory=tuple)
+    iou_per_layer: Mapping[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"iou": self.iou, "iomin": self.iomin, "functional": self.functional, "layers": list(self.layers),
+                "iou_per_layer": dict(self.iou_per_layer)}
+
+
+def p_reuse(
+    masks: MaskSet,
+    a1: str,
+    a2: str,
+    shared_layers: Iterable[str] | None,
+    table: MaskEvalTable | None,
+    *,
+    chance: Chance = 0.0,
+) -> Reuse:
+    """P_reuse of instances ``a1``, ``a2`` of the same function (e.g. the two pairs of double addition).
+
+    ``shared_layers``: the masked parameters both instances use (exclude instance-specific input/output
+    layers); ``None`` = all. The functional part needs ``table`` with the mask ``a1`` and evaluation set ``a2``.
+    """
+    for t in (a1, a2):
+        if t not in masks:
+            raise ValueError(f"unknown task {t!r}; the masks have {list(masks.tasks)}")
+    layers = tuple(masks.param_names if shared_layers is None else shared_layers)
+    if not layers:
+        raise ValueError("shared_layers is empty: no layer to compare")
+    structural = iou(masks[a1], masks[a2], layers)
+    functional = math.nan
+    if table is not None:
+        if a1 not in table.tasks or a2 not in table.eval_sets:
+            raise ValueError(f"the table needs mask {a1!r} (has {list(table.tasks)}) and evaluation set {a2!r} "
+                             f"(has {list(table.eval_sets)})")
+        functional = 1.0 - relative_drop(table, a2, "inverted", a1, chance)
+    return Reuse(structural.total, iomin(masks[a1], masks[a2], layers).total, functional, layers,
+                 dict(structural.per_layer))
