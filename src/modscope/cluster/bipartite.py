@@ -38,7 +38,9 @@ class LayeredGram:
         self.big = [layer for layer in range(self.n_layers) if layer % 2 != self.small_parity]
         self.sizes, self.off = sizes, off
         self.n_small = int(sum(sizes[layer] for layer in self.small))
-        self.small_off = dict(zip(self.small, np.concatenate([[0], np.cumsum([sizes[s] for s in self.small])])))
+        self.small_off = dict(
+            zip(self.small, np.concatenate([[0], np.cumsum([sizes[s] for s in self.small])]))
+        )
         # G[m, a]: block of G from small layer a to its neighbouring big layer m, normalized.
         self.g: dict[tuple[int, int], np.ndarray] = {}
         for i, b in enumerate(aff.blocks):
@@ -66,7 +68,7 @@ class LayeredGram:
         """``G y`` per big layer, for ``y`` on the small side (``(n_small,)`` or ``(n_small, m)``)."""
         out = {}
         for m in self.big:
-            z = np.zeros((self.sizes[m],) + y.shape[1:])
+            z = np.zeros((self.sizes[m], *y.shape[1:]))
             for a in self._nbrs(m):
                 z += self.g[(m, a)] @ y[self._slice(a)]
             out[m] = z

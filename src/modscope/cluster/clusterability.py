@@ -120,18 +120,42 @@ def cohens_d(a: Any, b: Any) -> float:
     return float((a.mean() - b.mean()) / np.sqrt(pooled)) if pooled > 0 else float("nan")
 
 
+def _seeds(seed: int, n_shuffles: int) -> tuple[np.random.SeedSequence, list[np.random.SeedSequence]]:
+    """The network's own clustering seed and one seed per shuffle, all spawned from ``seed``."""
+    own, *per_shuffle = np.random.SeedSequence(seed).spawn(n_shuffles + 1)
+    return own, per_shuffle
+
+
+def _child(seed_seq: np.random.SeedSequence, j: int) -> np.random.SeedSequence:
+    # The j-th child, derived from the spawn key rather than with the stateful spawn(): the same seed
+    # sequence gives the same children however often it is used.
+    return np.random.SeedSequence(seed_seq.entropy, spawn_key=(*seed_seq.spawn_key, j))
+
+
+def _shuffled(blocks, shuffle: str, seed_seq: np.random.SeedSequence) -> list[np.ndarray]:
+    return shuffle_blocks(blocks, shuffle, np.random.default_rng(_child(seed_seq, 0)))
+
+
+def null_graphs(graph: WeightGraph, n_shuffles: int = 50, shuffle: str = "layer", seed: int = 0):
+    """The shuffled graphs :func:`clusterability` scores for these arguments, in order (a generator)."""
+    check_shuffle(shuffle)
+    for s in _seeds(seed, n_shuffles)[1]:
+        yield graph.with_blocks(_shuffled(graph.blocks, shuffle, s))
+
+
 def _one_shuffle(blocks, k: int, shuffle: str, solver: str, n_init: int, seed_seq) -> float:
-    shuffle_seed, cluster_seed = seed_seq.spawn(2)
-    shuffled = shuffle_blocks(blocks, shuffle, np.random.default_rng(shuffle_seed))
+    shuffled = _shuffled(blocks, shuffle, seed_seq)
+    cluster_seed = _child(seed_seq, 1)
     # One BLAS/OpenMP thread per clustering, in the parent as in the workers: the result then does not
     # depend on how the work is spread, and processes, not threads, use the cores.
     with threadpool_limits(limits=1):
-        return partition_affinity(Affinity.from_blocks(shuffled), k, seed=cluster_seed, solver=solver,
-                                  n_init=n_init).ncut  # fmt: skip
+        return partition_affinity(
+            Affinity.from_blocks(shuffled), k, seed=cluster_seed, solver=solver, n_init=n_init
+        ).ncut
 
 
-def _indexed(i: int, fn, *args):
-    return i, fn(*args)
+def _chunk(args: tuple, indexed_seeds: list) -> list[tuple[int, float]]:
+    return [(i, _one_shuffle(*args, s)) for i, s in indexed_seeds]
 
 
 def clusterability(
@@ -166,7 +190,9 @@ def clusterability(
         Called after each finished clustering (the network's own first).
     solver, n_init : see :func:`spectral_partition`.
     """
-    graph = model_or_graph if isinstance(model_or_graph, WeightGraph) else WeightGraph.from_module(model_or_graph)
+    graph = (
+        model_or_graph if isinstance(model_or_graph, WeightGraph) else WeightGraph.from_module(model_or_graph)
+    )
     check_shuffle(shuffle)
     if isinstance(n_shuffles, bool) or not isinstance(n_shuffles, (int, np.integer)) or n_shuffles < 2:
         raise ValueError(f"n_shuffles must be an int >= 2, got {n_shuffles!r}")
@@ -175,25 +201,30 @@ def clusterability(
     n_jobs = (os.cpu_count() or 1) if n_jobs == -1 else int(n_jobs)
     total = n_shuffles + 1
 
-    own_seed, *shuffle_seeds = np.random.SeedSequence(seed).spawn(total)
+    own_seed, shuffle_seeds = _seeds(seed, n_shuffles)
     aff = Affinity(graph)
     k = check_k(k, aff.n)
     args = (graph.blocks, k, shuffle, solver, n_init)
     if n_jobs == 1:
-        results = ((i, _one_shuffle(*args, s)) for i, s in enumerate(shuffle_seeds))
+        results = ([(i, _one_shuffle(*args, s))] for i, s in enumerate(shuffle_seeds))
     else:
-        # loky workers: no `if __name__ == "__main__"` needed in user scripts, large blocks memory-mapped.
-        # Dispatch starts now, so the workers' start-up overlaps the network's own clustering below.
+        # loky workers: no `if __name__ == "__main__"` needed in user scripts. Shuffles go in chunks (about
+        # 8 per worker) so the weight blocks travel once per chunk, not once per shuffle. Dispatch starts
+        # now, so the workers' start-up overlaps the network's own clustering below.
+        chunks = np.array_split(np.arange(n_shuffles), min(n_shuffles, 8 * n_jobs))
         results = Parallel(n_jobs=min(n_jobs, n_shuffles), return_as="generator_unordered")(
-            delayed(_indexed)(i, _one_shuffle, *args, s) for i, s in enumerate(shuffle_seeds)
+            delayed(_chunk)(args, [(int(i), shuffle_seeds[i]) for i in chunk]) for chunk in chunks
         )
     with threadpool_limits(limits=1):
         partition = partition_affinity(aff, k, seed=own_seed, solver=solver, n_init=n_init)
     if progress:
         progress(1, total)
     null = np.empty(n_shuffles)
-    for done, (i, value) in enumerate(results, start=2):
-        null[i] = value
+    done = 1
+    for chunk in results:
+        for i, value in chunk:
+            null[i] = value
+        done += len(chunk)
         if progress:
             progress(done, total)
     return ClusterabilityResult(

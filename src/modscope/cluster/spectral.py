@@ -65,8 +65,16 @@ class Partition:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Partition:
-        arrays = {"labels": np.int64, "sizes": np.int64, "cuts": float, "volumes": float, "eigenvalues": float}
-        return cls(**{key: (np.asarray(v, dtype=arrays[key]) if key in arrays else v) for key, v in d.items()})
+        arrays = {
+            "labels": np.int64,
+            "sizes": np.int64,
+            "cuts": float,
+            "volumes": float,
+            "eigenvalues": float,
+        }
+        return cls(
+            **{key: (np.asarray(v, dtype=arrays[key]) if key in arrays else v) for key, v in d.items()}
+        )
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())

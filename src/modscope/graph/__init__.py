@@ -3,4 +3,12 @@
 from modscope.graph.shuffle import SHUFFLES, shuffle_blocks, shuffle_graph
 from modscope.graph.weight_graph import CHANNEL_NORMS, GraphError, Layer, WeightGraph
 
-__all__ = ["CHANNEL_NORMS", "SHUFFLES", "GraphError", "Layer", "WeightGraph", "shuffle_blocks", "shuffle_graph"]
+__all__ = [
+    "CHANNEL_NORMS",
+    "SHUFFLES",
+    "GraphError",
+    "Layer",
+    "WeightGraph",
+    "shuffle_blocks",
+    "shuffle_graph",
+]

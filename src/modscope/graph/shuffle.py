@@ -40,6 +40,8 @@ def shuffle_blocks(blocks, kind: str, rng: np.random.Generator) -> list[np.ndarr
     return out
 
 
-def shuffle_graph(graph: WeightGraph, kind: str = "layer", seed: int | np.random.Generator = 0) -> WeightGraph:
+def shuffle_graph(
+    graph: WeightGraph, kind: str = "layer", seed: int | np.random.Generator = 0
+) -> WeightGraph:
     """A shuffled copy of ``graph`` (see :func:`shuffle_blocks`); ``seed`` fixes the permutation."""
     return graph.with_blocks(shuffle_blocks(graph.blocks, kind, np.random.default_rng(seed)))

@@ -22,23 +22,81 @@ _WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 # Modules with no edge weights between units that keep the unit identity: passed through.
 _PASS_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Softsign,
-    nn.LogSigmoid, nn.Tanhshrink, nn.Softmax, nn.LogSoftmax,
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.LPPool1d, nn.LPPool2d,
-)  # fmt: skip
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Hardtanh,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Softplus,
+    nn.Softsign,
+    nn.LogSigmoid,
+    nn.Tanhshrink,
+    nn.Softmax,
+    nn.LogSoftmax,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+    nn.LPPool1d,
+    nn.LPPool2d,
+)
 # Modules that leave values untouched in eval mode: a BatchNorm right after them still folds into rows.
 _IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 _PASS_FUNCTIONS = {
-    torch.relu, F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish,
-    torch.tanh, F.tanh, torch.sigmoid, F.sigmoid, F.hardtanh, F.hardswish, F.softplus, F.softsign,
-    F.logsigmoid, torch.softmax, F.softmax, torch.log_softmax, F.log_softmax,
-    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
-    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
-    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
-}  # fmt: skip
+    torch.relu,
+    F.relu,
+    F.relu6,
+    F.leaky_relu,
+    F.elu,
+    F.selu,
+    F.celu,
+    F.gelu,
+    F.silu,
+    F.mish,
+    torch.tanh,
+    F.tanh,
+    torch.sigmoid,
+    F.sigmoid,
+    F.hardtanh,
+    F.hardswish,
+    F.softplus,
+    F.softsign,
+    F.logsigmoid,
+    torch.softmax,
+    F.softmax,
+    torch.log_softmax,
+    F.log_softmax,
+    F.max_pool1d,
+    F.max_pool2d,
+    F.max_pool3d,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.avg_pool3d,
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d,
+    F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d,
+    F.adaptive_max_pool3d,
+}
 _IDENTITY_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout}
 _FLATTEN_FUNCTIONS = {torch.flatten}
 _PASS_METHODS = {"relu", "sigmoid", "tanh", "softmax", "log_softmax", "gelu"}
@@ -144,7 +202,9 @@ def trace_layers(
                         f"{c} channels flattened into it"
                     )
                 # PyTorch flattens channel-major: feature c * spatial + s belongs to channel c.
-                block = reduce_kernel(w.reshape(module.out_features, c, module.in_features // c), channel_norm)
+                block = reduce_kernel(
+                    w.reshape(module.out_features, c, module.in_features // c), channel_norm
+                )
                 scale = units.col_scale
             else:
                 if layers[units.layer].size != module.in_features:
@@ -196,7 +256,7 @@ def trace_layers(
             raise GraphError(f"{_where(node, gm)} normalizes a flattened feature map; not supported")
         if size != n:
             raise GraphError(f"{_where(node, gm)} normalizes {n} features but the layer has {size} units")
-        scale = _numpy(module.running_var + module.eps) ** -0.5
+        scale = (_numpy(module.running_var) + module.eps) ** -0.5
         if module.weight is not None:
             scale = scale * np.abs(_numpy(module.weight))
         if units.foldable and units.layer > 0:
@@ -239,8 +299,10 @@ def trace_layers(
         elif node.op in ("call_function", "call_method"):
             t = node.target
             if t in (operator.add, torch.add, operator.iadd, "add", "add_"):
-                raise GraphError(f"{_where(node, gm)} adds activations (a residual connection?), not yet "
-                                 f"supported. Supported: {SUPPORTED}")  # fmt: skip
+                raise GraphError(
+                    f"{_where(node, gm)} adds activations (a residual connection?), not yet "
+                    f"supported. Supported: {SUPPORTED}"
+                )
             units = take(node)
             if t in _IDENTITY_FUNCTIONS or t in _IDENTITY_METHODS:
                 state[node] = units
@@ -283,9 +345,11 @@ def _check_flattens(gm: fx.GraphModule, input_shape: Sequence[int]) -> None:
     finally:
         gm.train(was_training)
     for node in gm.graph.nodes:
-        is_flatten = (node.op == "call_method" and node.target in _FLATTEN_METHODS) or (
-            node.op == "call_function" and node.target in _FLATTEN_FUNCTIONS
-        ) or (node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.Flatten))
+        is_flatten = (
+            (node.op == "call_method" and node.target in _FLATTEN_METHODS)
+            or (node.op == "call_function" and node.target in _FLATTEN_FUNCTIONS)
+            or (node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.Flatten))
+        )
         meta = node.meta.get("tensor_meta")
         if is_flatten and meta is not None and (len(meta.shape) != 2 or meta.shape[0] != 2):
             raise GraphError(

@@ -83,7 +83,8 @@ class WeightGraph:
             want = (layers[i + 1].size, layers[i].size)
             if b.shape != want:
                 raise GraphError(
-                    f"block {i} ({layers[i].name} -> {layers[i + 1].name}) has shape {b.shape}, expected {want}"
+                    f"block {i} ({layers[i].name} -> {layers[i + 1].name}) has shape {b.shape}, "
+                    f"expected {want}"
                 )
             if not np.all(np.isfinite(b)):
                 raise GraphError(f"block {i} ({layers[i + 1].name}) has non-finite weights (NaN or inf)")
@@ -117,7 +118,8 @@ class WeightGraph:
                 raise GraphError(f"weights[{i}] must be 2-D (out, in) or a conv kernel, got {m.ndim}-D")
             if i and m.shape[1] != mats[i - 1].shape[0]:
                 raise GraphError(
-                    f"weights[{i}] has {m.shape[1]} inputs but weights[{i - 1}] has {mats[i - 1].shape[0]} outputs"
+                    f"weights[{i}] has {m.shape[1]} inputs but weights[{i - 1}] has "
+                    f"{mats[i - 1].shape[0]} outputs"
                 )
         if names is None:
             names = [f"layer{i + 1}" for i in range(len(mats))]
