@@ -8,7 +8,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	$(BIN)/modscope cluster mlp:784-256x4-10 --shuffles 20 --jobs 2 --out demo-out
+	$(BIN)/modscope cluster mlp:784-256x4-10 --k 12 --shuffles 20 --jobs 2 --json demo-out/cluster.json --plot demo-out/graph.png
 
 test: setup
 	$(BIN)/ruff check src tests benchmarks
@@ -16,6 +16,7 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_clusterability.py
+	$(BIN)/python benchmarks/bench_masks.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache .hypothesis

@@ -20,7 +20,34 @@ from modscope.graph import GraphError, WeightGraph, shuffle_graph
 
 __version__ = "0.1.0"
 
-__all__ = [
+# The functional lens needs torch; imported on first use so that `import modscope` (and every clustering
+# worker process) stays free of it.
+_MASKS = (
+    "Mask",
+    "MaskEvalTable",
+    "MaskSet",
+    "evaluate_masks",
+    "iomin",
+    "iou",
+    "mask_stability",
+    "masked",
+    "masked_call",
+    "p_reuse",
+    "p_specialize",
+    "sharing",
+    "train_masks",
+)
+
+
+def __getattr__(name: str):
+    if name in _MASKS:
+        import modscope.masks
+
+        return getattr(modscope.masks, name)
+    raise AttributeError(f"module 'modscope' has no attribute {name!r}")
+
+
+__all__ = [*_MASKS,
     "ClusterabilityResult",
     "GraphError",
     "Partition",

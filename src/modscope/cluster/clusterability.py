@@ -19,6 +19,7 @@ import numpy as np
 from joblib import Parallel, delayed
 from threadpoolctl import threadpool_limits
 
+from modscope.atomic import write_json_atomic
 from modscope.cluster.affinity import Affinity
 from modscope.cluster.spectral import Partition, check_k, partition_affinity
 from modscope.graph import WeightGraph, shuffle_blocks
@@ -81,20 +82,17 @@ class ClusterabilityResult:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the result as JSON, atomically (a crash never leaves half a file)."""
-        write_text_atomic(Path(path), json.dumps(self.to_dict(), indent=1))
+        write_json_atomic(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ClusterabilityResult:
+        """Read :meth:`save`'s JSON, or the JSON written by ``modscope cluster --json``."""
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
+            doc = json.loads(Path(path).read_text())
+            # `modscope cluster --json` nests the result beside the model and settings.
+            return cls.from_dict(doc["result"] if "result" in doc and "ncut" not in doc else doc)
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise ValueError(f"{path} is not a clusterability result: {exc}") from exc
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def null_summary(ncut: float, null: np.ndarray) -> dict[str, Any]:

@@ -173,7 +173,7 @@ def partition_affinity(
 
 
 def spectral_partition(
-    graph_or_adjacency: Any, k: int = 12, *, seed: int = 0, solver: str = "auto", n_init: int = 10
+    graph_or_adjacency: Any, k: int = 12, seed: int = 0, solver: str = "auto", *, n_init: int = 10
 ) -> Partition:
     """Partition a graph into ``k`` clusters by normalized spectral clustering.
 

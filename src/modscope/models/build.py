@@ -1,0 +1,142 @@
+"""Build the PyTorch module a spec describes, with a reproducible random initialization."""
+
+from __future__ import annotations
+
+import numbers
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from modscope.models.spec import VGG_CONFIGS, normalize_spec
+
+__all__ = ["build_model", "init_glorot"]
+
+_ACTIVATION_MODULES = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "gelu": nn.GELU,
+    "elu": nn.ELU,
+    "leaky_relu": nn.LeakyReLU,
+    "silu": nn.SiLU,
+}
+
+
+def build_model(spec: str | Mapping[str, Any], seed: int = 0) -> nn.Module:
+    """A freshly initialized model for ``spec`` (a spec string or dict, see :mod:`modscope.models.spec`).
+
+    Weights of every ``Linear``/``Conv2d`` are Glorot (Xavier) uniform with gain 1, biases zero, BatchNorm
+    at its identity (weight 1, bias 0, running mean 0, running variance 1). The draws come from a
+    ``torch.Generator`` seeded with ``seed``: the same seed gives identical weights whatever the global RNG
+    state, and building a model leaves the global RNG untouched. The model is returned in eval mode.
+
+    Module names (they become the weight graph's layer names and the state-dict keys):
+    mlp ``flatten, fc1, act1, [drop1,] ..., out``;
+    cnn ``conv1, [bn1,] relu1, pool1, ..., flatten, fc1, relu_fc1, ..., out``;
+    vgg ``features.N`` and ``classifier.{0,3,6}`` as in torchvision (no average pool: the flattened feature
+    map feeds the classifier directly, which for a 224x224 input matches torchvision's shapes).
+    """
+    spec = normalize_spec(spec)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
+    builder = {"mlp": _mlp, "cnn": _cnn, "vgg": _vgg}[spec["arch"]]
+    # Build on the meta device so that PyTorch's own default init (drawn from the global RNG) never runs:
+    # it would cost time for large VGGs and change the caller's random stream.
+    with torch.device("meta"):
+        model = builder(spec)
+    model = model.to_empty(device="cpu")
+    init_glorot(model, torch.Generator().manual_seed(int(seed)))
+    return model.eval()
+
+
+def init_glorot(model: nn.Module, generator: torch.Generator) -> None:
+    """Glorot-uniform weights and zero biases for every Linear/Conv, identity BatchNorm, in module order."""
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+                nn.init.xavier_uniform_(module.weight, generator=generator)
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.reset_parameters()
+            elif any(True for _ in module.parameters(recurse=False)) or any(
+                True for _ in module.buffers(False)
+            ):
+                raise TypeError(f"no initialization rule for module '{name}' ({type(module).__name__})")
+
+
+def _mlp(spec: dict[str, Any]) -> nn.Module:
+    sizes, act = spec["sizes"], _ACTIVATION_MODULES[spec["activation"]]
+    # The leading flatten lets the MLP take images (B, 1, 28, 28) as well as vectors; a no-op on (B, 784).
+    layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
+    n_hidden = len(sizes) - 2
+    for i in range(n_hidden):
+        layers[f"fc{i + 1}"] = nn.Linear(sizes[i], sizes[i + 1])
+        layers[f"act{i + 1}"] = act()
+        if spec["dropout"] > 0:
+            layers[f"drop{i + 1}"] = nn.Dropout(spec["dropout"])
+    layers["out"] = nn.Linear(sizes[-2], sizes[-1])
+    return nn.Sequential(layers)
+
+
+def _cnn(spec: dict[str, Any]) -> nn.Module:
+    channels, h, w = spec["input_shape"]
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    n_conv = n_pool = n_fc = 0
+    features: int | None = None  # set at the implicit flatten
+    tokens = spec["layers"]
+    for i, token in enumerate(tokens):
+        if token == "M":
+            n_pool += 1
+            layers[f"pool{n_pool}"] = nn.MaxPool2d(2)
+            h, w = h // 2, w // 2
+        elif token.startswith("f"):
+            width = int(token[1:])
+            if features is None:
+                layers["flatten"] = nn.Flatten()
+                features = channels * h * w
+            if i == len(tokens) - 1:
+                layers["out"] = nn.Linear(features, width)
+            else:
+                n_fc += 1
+                layers[f"fc{n_fc}"] = nn.Linear(features, width)
+                layers[f"relu_fc{n_fc}"] = nn.ReLU()
+            features = width
+        else:
+            bn = token.startswith("bc")
+            width = int(token[2:] if bn else token[1:])
+            n_conv += 1
+            layers[f"conv{n_conv}"] = nn.Conv2d(channels, width, 3, padding=1)
+            if bn:
+                layers[f"bn{n_conv}"] = nn.BatchNorm2d(width)
+            layers[f"relu{n_conv}"] = nn.ReLU()
+            channels = width
+    return nn.Sequential(layers)
+
+
+def _vgg(spec: dict[str, Any]) -> nn.Module:
+    channels, h, w = spec["input_shape"]
+    features: list[nn.Module] = []
+    for v in VGG_CONFIGS[spec["depth"]]:
+        if v == "M":
+            features.append(nn.MaxPool2d(2))
+            h, w = h // 2, w // 2
+            continue
+        features.append(nn.Conv2d(channels, v, 3, padding=1))
+        if spec["batch_norm"]:
+            features.append(nn.BatchNorm2d(v))
+        features.append(nn.ReLU())
+        channels = v
+    hidden, p = spec["hidden"], spec["dropout"]
+    # Dropout modules are kept even at p = 0 so the Linear layers sit at torchvision's indices 0, 3, 6.
+    classifier = nn.Sequential(
+        nn.Linear(channels * h * w, hidden), nn.ReLU(), nn.Dropout(p),
+        nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(p),
+        nn.Linear(hidden, spec["num_classes"]),
+    )  # fmt: skip
+    return nn.Sequential(
+        OrderedDict(features=nn.Sequential(*features), flatten=nn.Flatten(), classifier=classifier)
+    )
