@@ -1,7 +1,8 @@
 """Weight graphs: units as nodes, weight magnitudes as edges (SPEC §1.1), and their shuffled null models."""
 
+from modscope.graph.layer import CHANNEL_NORMS, GraphError, Layer
 from modscope.graph.shuffle import SHUFFLES, shuffle_blocks, shuffle_graph
-from modscope.graph.weight_graph import CHANNEL_NORMS, GraphError, Layer, WeightGraph
+from modscope.graph.weight_graph import WeightGraph
 
 __all__ = [
     "CHANNEL_NORMS",

@@ -10,7 +10,6 @@ the symmetric sparse adjacency is built from the blocks on demand.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,41 +18,7 @@ import scipy.sparse as sp
 if TYPE_CHECKING:  # torch is only needed to read a module
     import torch
 
-CHANNEL_NORMS = ("l1", "l2")
-
-
-class GraphError(ValueError):
-    """A network that cannot be turned into a weight graph (unsupported layer, bad weights, bad shapes)."""
-
-
-@dataclass(frozen=True)
-class Layer:
-    """One column of nodes.
-
-    ``name`` is the module path of the weight layer that produces the units (``"input"`` for the input
-    features), ``kind`` one of ``"input"``, ``"linear"``, ``"conv"``, ``"weights"`` (from raw matrices).
-    """
-
-    name: str
-    size: int
-    kind: str
-
-
-def check_channel_norm(channel_norm: str) -> str:
-    if channel_norm not in CHANNEL_NORMS:
-        raise ValueError(f"channel_norm must be one of {CHANNEL_NORMS}, got {channel_norm!r}")
-    return channel_norm
-
-
-def reduce_kernel(weight: np.ndarray, channel_norm: str) -> np.ndarray:
-    """``|W|`` for a matrix; for a kernel ``(out, in, *spatial)``, the norm of each ``(out, in)`` slice."""
-    a = np.abs(weight)
-    if a.ndim == 2:
-        return a
-    axes = tuple(range(2, a.ndim))
-    if channel_norm == "l1":
-        return a.sum(axis=axes)
-    return np.sqrt(np.square(a).sum(axis=axes))
+from modscope.graph.layer import GraphError, Layer, check_channel_norm, reduce_kernel
 
 
 class WeightGraph:

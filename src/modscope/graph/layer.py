@@ -1,0 +1,43 @@
+"""What a weight graph is made of: layers of units and the reduction of a weight tensor to edges."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+CHANNEL_NORMS = ("l1", "l2")
+
+
+class GraphError(ValueError):
+    """A network that cannot be turned into a weight graph (unsupported layer, bad weights, bad shapes)."""
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One column of nodes.
+
+    ``name`` is the module path of the weight layer that produces the units (``"input"`` for the input
+    features), ``kind`` one of ``"input"``, ``"linear"``, ``"conv"``, ``"weights"`` (from raw matrices).
+    """
+
+    name: str
+    size: int
+    kind: str
+
+
+def check_channel_norm(channel_norm: str) -> str:
+    if channel_norm not in CHANNEL_NORMS:
+        raise ValueError(f"channel_norm must be one of {CHANNEL_NORMS}, got {channel_norm!r}")
+    return channel_norm
+
+
+def reduce_kernel(weight: np.ndarray, channel_norm: str) -> np.ndarray:
+    """``|W|`` for a matrix; for a kernel ``(out, in, *spatial)``, the norm of each ``(out, in)`` slice."""
+    a = np.abs(weight)
+    if a.ndim == 2:
+        return a
+    axes = tuple(range(2, a.ndim))
+    if channel_norm == "l1":
+        return a.sum(axis=axes)
+    return np.sqrt(np.square(a).sum(axis=axes))
