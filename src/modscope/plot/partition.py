@@ -212,6 +212,8 @@ def plot_partition(
 def _save(fig: Any, path: str | os.PathLike) -> None:
     from pathlib import Path
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150)
+    from modscope.atomic import atomic_path
+
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=150, format=fmt)
