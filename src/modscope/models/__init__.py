@@ -9,6 +9,17 @@ JSON-able dict it parses to (``{"arch": "mlp", "sizes": [784, 256, 256, 256, 256
 :func:`build_model` builds a Glorot-uniform-initialized model from a seed (the grammar and the module
 names are in :mod:`modscope.models.spec` and :func:`build_model`).
 
+The zoo (grammar and defaults in :mod:`modscope.models.spec`, classes in :mod:`modscope.models.seq`):
+
+=========================================  =========================================================
+``mlp:784-256x4-10:dropout=0.5``           Filan et al.'s MLP; dropout after each hidden activation
+``cnn-small``                              ``cnn:1x28x28:c16-M-c32-M-c64-M-f128-f10`` (MNIST CNN)
+``cifar-cnn``                              ``cnn:3x32x32:c32-M-c64-M-c128-M-c256-G-f10`` (Csordas)
+``lstm-addmul``                            ``lstm:42-256x2-20:steps=3``: input repeated 3 steps
+``seq2seq-lstm[:key=value...]``            LSTM encoder-decoder, ``forward(src, tgt_in)``, ``generate``
+``seq2seq-transformer[:key=value...]``     ``nn.Transformer`` encoder-decoder, same interface
+=========================================  =========================================================
+
 File format (version ``modscope.model/1``)
 ------------------------------------------
 A model file is a `safetensors <https://huggingface.co/docs/safetensors>`_ file: the tensors are the
@@ -41,8 +52,10 @@ from modscope.models.io import (
     resolve_model,
     save_model,
 )
+from modscope.models.seq import LSTMClassifier, Seq2Seq, Seq2SeqLSTM, Seq2SeqTransformer
 from modscope.models.spec import (
     ACTIVATIONS,
+    NAMED_CNNS,
     VGG_CONFIGS,
     SpecError,
     is_spec_string,
@@ -57,8 +70,13 @@ __all__ = [
     "FORMAT",
     "FORMAT_KEY",
     "METADATA_KEY",
+    "NAMED_CNNS",
     "SPEC_KEY",
     "VGG_CONFIGS",
+    "LSTMClassifier",
+    "Seq2Seq",
+    "Seq2SeqLSTM",
+    "Seq2SeqTransformer",
     "SpecError",
     "build_model",
     "init_glorot",

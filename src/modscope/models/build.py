@@ -29,7 +29,8 @@ def build_model(spec: str | Mapping[str, Any], seed: int = 0) -> nn.Module:
     """A freshly initialized model for ``spec`` (a spec string or dict, see :mod:`modscope.models.spec`).
 
     Weights of every ``Linear``/``Conv2d`` are Glorot (Xavier) uniform with gain 1, biases zero, BatchNorm
-    at its identity (weight 1, bias 0, running mean 0, running variance 1). The draws come from a
+    at its identity (weight 1, bias 0, running mean 0, running variance 1); see :func:`init_glorot` for
+    LSTMs, attention and embeddings. The draws come from a
     ``torch.Generator`` seeded with ``seed``: the same seed gives identical weights whatever the global RNG
     state, and building a model leaves the global RNG untouched. The model is returned in eval mode.
 
@@ -37,12 +38,25 @@ def build_model(spec: str | Mapping[str, Any], seed: int = 0) -> nn.Module:
     mlp ``flatten, fc1, act1, [drop1,] ..., out``;
     cnn ``conv1, [bn1,] relu1, pool1, ..., flatten, fc1, relu_fc1, ..., out``;
     vgg ``features.N`` and ``classifier.{0,3,6}`` as in torchvision (no average pool: the flattened feature
-    map feeds the classifier directly, which for a 224x224 input matches torchvision's shapes).
+    map feeds the classifier directly, which for a 224x224 input matches torchvision's shapes);
+    cnn with ``G``: ``gap`` (``AdaptiveAvgPool2d(1)``) after the last conv/pool, before ``flatten``;
+    lstm ``lstm, out`` (:class:`~modscope.models.seq.LSTMClassifier`);
+    seq2seq-lstm ``src_embed, encoder, tgt_embed, decoder, drop, out``
+    (:class:`~modscope.models.seq.Seq2SeqLSTM`);
+    seq2seq-transformer ``src_embed, tgt_embed, [pos,] transformer, out``
+    (:class:`~modscope.models.seq.Seq2SeqTransformer`).
     """
     spec = normalize_spec(spec)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
-    builder = {"mlp": _mlp, "cnn": _cnn, "vgg": _vgg}[spec["arch"]]
+    builder = {
+        "mlp": _mlp,
+        "cnn": _cnn,
+        "vgg": _vgg,
+        "lstm": _lstm,
+        "seq2seq-lstm": _seq2seq_lstm,
+        "seq2seq-transformer": _seq2seq_transformer,
+    }[spec["arch"]]
     # Build on the meta device so that PyTorch's own default init (drawn from the global RNG) never runs:
     # it would cost time for large VGGs and change the caller's random stream.
     with torch.device("meta"):
@@ -53,15 +67,53 @@ def build_model(spec: str | Mapping[str, Any], seed: int = 0) -> nn.Module:
 
 
 def init_glorot(model: nn.Module, generator: torch.Generator) -> None:
-    """Glorot-uniform weights and zero biases for every Linear/Conv, identity BatchNorm, in module order."""
+    """Seeded initialization of every parameter, module by module in ``named_modules`` order.
+
+    - ``Linear``/``Conv`` (attention output projections included): Glorot-uniform weight, zero bias.
+    - ``LSTM``/``GRU``/``RNN``: each gate's block of ``weight_ih_l*`` / ``weight_hh_l*`` (shape
+      ``(hidden, in)``) Glorot-uniform on its own, all biases zero.
+    - ``MultiheadAttention``: the query, key and value blocks of ``in_proj_weight`` each Glorot-uniform
+      (``(d_model, d_model)``), ``in_proj_bias`` zero.
+    - ``Embedding``: normal(0, 1) (PyTorch's default), the ``padding_idx`` row zero.
+    - ``BatchNorm``/``LayerNorm``: identity (weight 1, bias 0; BatchNorm statistics 0 mean, 1 variance).
+
+    A module with parameters of another type raises ``TypeError``.
+    """
     with torch.no_grad():
         for name, module in model.named_modules():
             if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
                 nn.init.xavier_uniform_(module.weight, generator=generator)
                 if module.bias is not None:
                     module.bias.zero_()
-            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            elif isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)):
                 module.reset_parameters()
+            elif isinstance(module, nn.RNNBase):
+                gates = {"LSTM": 4, "GRU": 3}.get(module.mode, 1)
+                for pname in module._flat_weights_names:
+                    p = getattr(module, pname)
+                    if pname.startswith("bias"):
+                        p.zero_()
+                    elif pname.startswith("weight_hr"):  # LSTM projection
+                        nn.init.xavier_uniform_(p, generator=generator)
+                    else:
+                        for block in p.chunk(gates, dim=0):
+                            nn.init.xavier_uniform_(block, generator=generator)
+            elif isinstance(module, nn.MultiheadAttention):
+                if module.in_proj_weight is not None:
+                    for block in module.in_proj_weight.chunk(3, dim=0):
+                        nn.init.xavier_uniform_(block, generator=generator)
+                else:
+                    for w in (module.q_proj_weight, module.k_proj_weight, module.v_proj_weight):
+                        nn.init.xavier_uniform_(w, generator=generator)
+                if module.in_proj_bias is not None:
+                    module.in_proj_bias.zero_()
+                for extra in (module.bias_k, module.bias_v):
+                    if extra is not None:
+                        nn.init.xavier_normal_(extra, generator=generator)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, 0.0, 1.0, generator=generator)
+                if module.padding_idx is not None:
+                    module.weight[module.padding_idx].zero_()
             elif any(True for _ in module.parameters(recurse=False)) or any(
                 True for _ in module.buffers(False)
             ):
@@ -76,7 +128,7 @@ def _mlp(spec: dict[str, Any]) -> nn.Module:
     for i in range(n_hidden):
         layers[f"fc{i + 1}"] = nn.Linear(sizes[i], sizes[i + 1])
         layers[f"act{i + 1}"] = act()
-        if spec["dropout"] > 0:
+        if spec["dropout"] > 0:  # after each hidden activation, never on the input (Filan et al.)
             layers[f"drop{i + 1}"] = nn.Dropout(spec["dropout"])
     layers["out"] = nn.Linear(sizes[-2], sizes[-1])
     return nn.Sequential(layers)
@@ -89,7 +141,10 @@ def _cnn(spec: dict[str, Any]) -> nn.Module:
     features: int | None = None  # set at the implicit flatten
     tokens = spec["layers"]
     for i, token in enumerate(tokens):
-        if token == "M":
+        if token == "G":
+            layers["gap"] = nn.AdaptiveAvgPool2d(1)
+            h = w = 1
+        elif token == "M":
             n_pool += 1
             layers[f"pool{n_pool}"] = nn.MaxPool2d(2)
             h, w = h // 2, w // 2
@@ -140,3 +195,23 @@ def _vgg(spec: dict[str, Any]) -> nn.Module:
     return nn.Sequential(
         OrderedDict(features=nn.Sequential(*features), flatten=nn.Flatten(), classifier=classifier)
     )
+
+
+def _lstm(spec: dict[str, Any]) -> nn.Module:
+    from modscope.models.seq import LSTMClassifier
+
+    return LSTMClassifier(
+        spec["input_size"], spec["hidden"], spec["layers"], spec["num_outputs"], spec["steps"]
+    )
+
+
+def _seq2seq_lstm(spec: dict[str, Any]) -> nn.Module:
+    from modscope.models.seq import Seq2SeqLSTM
+
+    return Seq2SeqLSTM(**{k: v for k, v in spec.items() if k != "arch"})
+
+
+def _seq2seq_transformer(spec: dict[str, Any]) -> nn.Module:
+    from modscope.models.seq import Seq2SeqTransformer
+
+    return Seq2SeqTransformer(**{k: v for k, v in spec.items() if k != "arch"})
