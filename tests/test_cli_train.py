@@ -1,0 +1,64 @@
+"""``modscope train``: recipes train, save a loadable model file, and refuse bad combinations."""
+
+import pytest
+import torch
+
+from modscope.cli import main
+from modscope.models import load_model, read_metadata
+from modscope.training.recipes import RECIPES, run_recipe
+
+
+def test_mlp_recipe_trains_prunes_saves_and_clusters(tmp_path, capsys):
+    out = tmp_path / "mlp.safetensors"
+    code = main(["train", "clusterability-mlp", "--dataset", "digits", "--steps", "30", "--prune",
+                 "--dropout", "0.5", "--out", str(out), "--no-progress"])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "test accuracy" in printed and "sparsity 0.90-0.90" in printed
+    model, spec = load_model(out)
+    assert spec["sizes"] == [64, 256, 256, 256, 256, 10] and spec["dropout"] == 0.5
+    meta = read_metadata(out)
+    assert meta["training"]["recipe"] == "clusterability-mlp" and meta["training"]["prune"] is True
+    weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
+    assert all((w == 0).float().mean() >= 0.89 for w in weights)
+    assert main(["cluster", str(out), "--k", "4", "--shuffles", "3", "--shuffle", "layer_nonzero",
+                 "--no-progress"]) == 0  # fmt: skip
+
+
+def test_same_seed_same_weights():
+    a = run_recipe("clusterability-mlp", dataset="digits", steps=5, seed=3)[0]
+    b = run_recipe("clusterability-mlp", dataset="digits", steps=5, seed=3)[0]
+    for (na, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(pa, pb), na
+
+
+@pytest.mark.parametrize("recipe", ["addmul-fnn", "double-addition-fnn", "addmul-lstm", "scan-transformer"])
+def test_other_recipes_run(recipe):
+    _, spec, results, config = run_recipe(recipe, steps=2)
+    assert results[0].steps == 2 and results[0].eval_loss is not None
+    assert config["recipe"] == recipe and spec == load_spec_roundtrip(spec)
+
+
+def load_spec_roundtrip(spec):
+    from modscope.models import normalize_spec
+
+    return normalize_spec(spec)
+
+
+def test_accuracy_skips_ignored_digits():
+    # double addition scores one pair's two digits; the zeroed pair's targets are -100 (ignored)
+    from modscope.training.losses import correct
+
+    outputs = torch.zeros(2, 4 * 10)
+    outputs[:, 3] = outputs[:, 10 + 7] = 1.0  # digits 0, 1 predict 3, 7
+    targets = torch.tensor([[3, 7, -100, -100], [3, 8, -100, -100]])
+    assert correct(outputs, targets).tolist() == [True, False]
+
+
+def test_bad_combinations_are_refused(tmp_path, capsys):
+    assert main(["train", "small-cnn", "--dropout", "0.5", "--steps", "1", "--out", str(tmp_path / "x")]) == 2
+    assert "no dropout option" in capsys.readouterr().err
+    assert main(["train", "addmul-fnn", "--dataset", "digits", "--out", str(tmp_path / "x")]) == 2
+    assert "trains on ['addmul']" in capsys.readouterr().err
+    assert set(RECIPES) >= {"clusterability-mlp", "small-cnn", "addmul-fnn", "addmul-lstm",
+                            "double-addition-fnn", "cifar-cnn", "scan-lstm", "scan-transformer"}  # fmt: skip
