@@ -2,10 +2,13 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup data demo test lint bench clean
 
 setup:
 	@bash scripts/setup.sh
+
+data:
+	@bash scripts/get-data.sh
 
 demo: setup
 	$(BIN)/modscope cluster mlp:784-256x4-10 --k 12 --shuffles 20 --jobs 2 --json demo-out/cluster.json --plot demo-out/graph.png

@@ -8,6 +8,15 @@ from modscope.models import load_model, read_metadata
 from modscope.training.recipes import RECIPES, run_recipe
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny models: a second intra-op thread only adds contention (measured 5-50x slower on a busy machine).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_mlp_recipe_trains_prunes_saves_and_clusters(tmp_path, capsys):
     out = tmp_path / "mlp.safetensors"
     code = main(["train", "clusterability-mlp", "--dataset", "digits", "--steps", "30", "--prune",
@@ -32,11 +41,28 @@ def test_same_seed_same_weights():
         assert torch.equal(pa, pb), na
 
 
-@pytest.mark.parametrize("recipe", ["addmul-fnn", "double-addition-fnn", "addmul-lstm", "scan-transformer"])
+@pytest.mark.parametrize("recipe", ["addmul-fnn", "double-addition-fnn", "addmul-lstm"])
 def test_other_recipes_run(recipe):
     _, spec, results, config = run_recipe(recipe, steps=2)
     assert results[0].steps == 2 and results[0].eval_loss is not None
     assert config["recipe"] == recipe and spec == load_spec_roundtrip(spec)
+
+
+def test_scan_teacher_forcing_learns_a_slice():
+    from modscope.models import build_model
+    from modscope.training import train
+    from modscope.training.recipes import load_task_data
+
+    task = load_task_data("scan-simple")
+    x, y = (t[:64] for t in task.train)
+    assert (y == -100).any() and x.dtype == torch.long
+    model = build_model(
+        f"seq2seq-transformer:src_vocab={task.fill['src']}:tgt_vocab={task.fill['tgt']}:d_model=32:layers=1:heads=2"
+    )
+    result = train(task.wrap(model), (x, y), steps=60, lr=3e-3, eval_set=(x, y))
+    assert result.history[0].train_loss > result.eval_loss  # it learns: loss on the slice falls
+    out = task.wrap(model)(x[:2])
+    assert out.shape == (2, y.shape[1] * task.fill["tgt"])
 
 
 def load_spec_roundtrip(spec):
