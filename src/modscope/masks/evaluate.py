@@ -33,8 +33,13 @@ class Condition:
     task: str | None = None
 
     def __str__(self) -> str:
-        return {"full": "full", "mask": f"{self.task}", "inverted": f"~{self.task}",
-                "early": f"{self.task}[early]", "late": f"{self.task}[late]"}[self.kind]
+        return {
+            "full": "full",
+            "mask": f"{self.task}",
+            "inverted": f"~{self.task}",
+            "early": f"{self.task}[early]",
+            "late": f"{self.task}[late]",
+        }[self.kind]
 
 
 @dataclass(frozen=True)
@@ -81,8 +86,10 @@ class MaskEvalTable:
         full, other = self.get("full", None, eval_set), self.get(kind, task, eval_set)
         if full.confusion is None or other.confusion is None:
             raise ValueError("confusion matrices exist only with metric='accuracy' and class-valued targets")
-        return tuple(tuple(b - a for a, b in zip(ra, rb, strict=True))
-                     for ra, rb in zip(full.confusion, other.confusion, strict=True))
+        return tuple(
+            tuple(b - a for a, b in zip(ra, rb, strict=True))
+            for ra, rb in zip(full.confusion, other.confusion, strict=True)
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -94,14 +101,22 @@ class MaskEvalTable:
     def from_dict(cls, d: Mapping[str, Any]) -> MaskEvalTable:
         results = tuple(
             EvalResult(
-                Condition(**r["condition"]), r["eval_set"], r["score"], r["n"],
+                Condition(**r["condition"]),
+                r["eval_set"],
+                r["score"],
+                r["n"],
                 None if r["per_class"] is None else tuple(r["per_class"]),
                 None if r["confusion"] is None else tuple(tuple(row) for row in r["confusion"]),
             )
             for r in d["results"]
         )
-        return cls(results, tuple(d["tasks"]), tuple(d["eval_sets"]), tuple(d["early_layers"]),
-                   tuple(d["late_layers"]))
+        return cls(
+            results,
+            tuple(d["tasks"]),
+            tuple(d["eval_sets"]),
+            tuple(d["early_layers"]),
+            tuple(d["late_layers"]),
+        )
 
     @classmethod
     def from_json(cls, text: str) -> MaskEvalTable:
@@ -162,7 +177,8 @@ def evaluate_masks(
             never modified: masks are applied functionally).
         masks: the trained masks (binary read-out, deterministic).
         eval_sets: ``name -> re-iterable of (inputs, targets)`` batches.
-        metric: ``"accuracy"``: outputs ``(B, ..., C)`` logits, targets ``(B, ...)`` class indices; an example is
+        metric: ``"accuracy"``: outputs ``(B, ..., C)`` logits, targets ``(B, ...)`` class indices; an
+            example is
             correct when every position is; per-class accuracy and the ``C x C`` confusion matrix count
             positions. Or ``metric(outputs, targets)`` returning per-example scores ``(B,)`` (or their mean).
         tasks: the masks to test (default all).
@@ -189,8 +205,12 @@ def evaluate_masks(
     conditions: list[tuple[Condition, Mask | None]] = [(Condition("full"), None)]
     for t in tasks:
         m = masks[t]
-        conditions += [(Condition("mask", t), m), (Condition("inverted", t), ~m),
-                       (Condition("early", t), m.restrict(early)), (Condition("late", t), m.restrict(late))]
+        conditions += [
+            (Condition("mask", t), m),
+            (Condition("inverted", t), ~m),
+            (Condition("early", t), m.restrict(early)),
+            (Condition("late", t), m.restrict(late)),
+        ]
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     results = []

@@ -1,7 +1,9 @@
 """One forward pass of a frozen model under many mask samples, each example group seeing its own sample.
 
-Per-example alignment (SPEC §2.1): the batch of task ``t`` is split into ``S`` contiguous groups and group ``s``
-runs with sample ``(t, s)`` in *every* layer. The fast path stacks all ``T * S`` groups and calls the model once
+Per-example alignment (SPEC §2.1): the batch of task ``t`` is split into ``S`` contiguous groups and group
+``s``
+runs with sample ``(t, s)`` in *every* layer. The fast path stacks all ``T * S`` groups and calls the model
+once
 under ``torch.func.vmap``, so each masked layer becomes one batched matmul; where vmap cannot go (``nn.LSTM``
 and ``nn.GRU`` have no batching rule) or the groups are unequal, a loop of ``functional_call`` gives the same
 numbers. Inputs and outputs are batch-first.
@@ -9,6 +11,7 @@ numbers. Inputs and outputs are batch-first.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -69,7 +72,11 @@ def grouped_forward(
         def call(w: dict[str, Tensor], *xs: Tensor) -> Any:
             return functional_call(model, w, xs)
 
-        out = vmap(call)(flat_w, *flat_x)
+        with warnings.catch_warnings():
+            # vmap's per-example fallback for ops without a batching rule (e.g. CPU flash attention) is
+            # correct, only slower; the warning would repeat every step.
+            warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet")
+            out = vmap(call)(flat_w, *flat_x)
         out = pytree.tree_map(lambda y: y.reshape(n_tasks, -1, *y.shape[2:]), out)
         return [pytree.tree_map(lambda y, t=t: y[t], out) for t in range(n_tasks)]
     if method not in ("vmap", "loop"):

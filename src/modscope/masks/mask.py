@@ -29,7 +29,9 @@ class Mask(Mapping[str, Tensor]):
         items = dict(tensors)
         for name, t in items.items():
             if not isinstance(t, Tensor) or t.dtype != torch.bool:
-                raise ValueError(f"mask for {name!r} must be a bool tensor, got {getattr(t, 'dtype', type(t))}")
+                raise ValueError(
+                    f"mask for {name!r} must be a bool tensor, got {getattr(t, 'dtype', type(t))}"
+                )
         # Clone so the caller can't mutate what is meant to be a value.
         self._tensors = {name: t.detach().clone() for name, t in items.items()}
 
@@ -83,7 +85,9 @@ class Mask(Mapping[str, Tensor]):
         if list(self.shapes.items()) != list(other.shapes.items()):
             mine, theirs = self.shapes, other.shapes
             diff = sorted(set(mine.items()) ^ set(theirs.items()))
-            raise ValueError(f"masks over different parameters or shapes cannot be combined with {op}: {diff[:5]}")
+            raise ValueError(
+                f"masks over different parameters or shapes cannot be combined with {op}: {diff[:5]}"
+            )
         return other
 
     def _combine(self, other: object, op: str, fn) -> Mask:

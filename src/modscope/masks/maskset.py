@@ -45,7 +45,9 @@ def check_model(model: nn.Module, shapes: Mapping[str, tuple[int, ...]]) -> None
             f"mask does not fit {type(model).__name__}: parameters {missing[:5]} not in the model "
             f"(model has {list(params)[:8]}...)"
         )
-    wrong = [(n, tuple(s), tuple(params[n].shape)) for n, s in shapes.items() if tuple(params[n].shape) != tuple(s)]
+    wrong = [
+        (n, tuple(s), tuple(params[n].shape)) for n, s in shapes.items() if tuple(params[n].shape) != tuple(s)
+    ]
     if wrong:
         n, s, got = wrong[0]
         raise ValueError(
@@ -59,7 +61,8 @@ class MaskSet(Mapping[str, Mask]):
 
     ``masks[task]`` is the binary read-out ``logit > 0``; ``masks.logits[task][param]`` the real-valued logits
     (``None`` for sets built from binary masks, e.g. by set algebra). ``hparams`` records how the masks were
-    trained, ``fingerprint`` the model (:func:`model_fingerprint`). Set operators act task by task on sets with
+    trained, ``fingerprint`` the model (:func:`model_fingerprint`). Set operators act task by task on sets
+    with
     the same task names.
     """
 
@@ -90,7 +93,10 @@ class MaskSet(Mapping[str, Mask]):
 
     @classmethod
     def from_logits(
-        cls, logits: Mapping[str, Mapping[str, Tensor]], *, hparams: Mapping[str, Any] | None = None,
+        cls,
+        logits: Mapping[str, Mapping[str, Tensor]],
+        *,
+        hparams: Mapping[str, Any] | None = None,
         fingerprint: str = "",
     ) -> MaskSet:
         """Build from ``task -> param -> logits``; the binary mask is ``logit > 0``."""
@@ -128,7 +134,9 @@ class MaskSet(Mapping[str, Mask]):
         (logged) if the weights differ from the ones the masks were trained on."""
         check_model(model, self.shapes)
         if self.fingerprint and model_fingerprint(model, self.param_names) != self.fingerprint:
-            log.warning("the model's weights differ from those the masks were trained on (fingerprint mismatch)")
+            log.warning(
+                "the model's weights differ from those the masks were trained on (fingerprint mismatch)"
+            )
 
     # Task-wise set algebra
     def _combine(self, other: object, op) -> MaskSet:
@@ -196,14 +204,15 @@ class MaskSet(Mapping[str, Mask]):
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: nn.Module | None = None) -> MaskSet:
-        """Read a file written by :meth:`save`; with ``model``, check that the masks fit it (``ValueError``)."""
+        """Read a file written by :meth:`save`; with ``model``, check that the masks fit it
+        (``ValueError`` if not)."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"mask file {str(path)!r} does not exist")
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as exc:  # safetensors raises its own error types for a corrupt header
             raise ValueError(f"{str(path)!r} is not a safetensors mask file: {exc}") from exc
         if meta.get("format") != FORMAT:

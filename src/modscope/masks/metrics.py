@@ -34,8 +34,12 @@ class Overlap:
     denominator: int = 0
 
     def to_dict(self) -> dict:
-        return {"per_layer": dict(self.per_layer), "total": self.total, "numerator": self.numerator,
-                "denominator": self.denominator}
+        return {
+            "per_layer": dict(self.per_layer),
+            "total": self.total,
+            "numerator": self.numerator,
+            "denominator": self.denominator,
+        }
 
 
 def _layers(a: Mask, b: Mask, layers: Iterable[str] | None) -> list[str]:
@@ -110,8 +114,12 @@ class Stability:
     per_layer: Mapping[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"task": self.task, "pairwise": [list(r) for r in self.pairwise], "mean": self.mean,
-                "per_layer": dict(self.per_layer)}
+        return {
+            "task": self.task,
+            "pairwise": [list(r) for r in self.pairwise],
+            "mean": self.mean,
+            "per_layer": dict(self.per_layer),
+        }
 
 
 def mask_stability(runs: Sequence[MaskSet], task: str) -> Stability:
@@ -130,6 +138,8 @@ def mask_stability(runs: Sequence[MaskSet], task: str) -> Stability:
         for n, v in o.per_layer.items():
             layer_sums[n].append(v)
     return Stability(
-        task, tuple(tuple(r) for r in matrix), sum(totals) / len(totals),
+        task,
+        tuple(tuple(r) for r in matrix),
+        sum(totals) / len(totals),
         {n: sum(v) / len(v) for n, v in layer_sums.items()},
     )

@@ -33,7 +33,7 @@ def relative_drop(table: MaskEvalTable, eval_set: str, kind: Kind, task: str | N
     c = _chance(chance, eval_set)
     if not full > c:
         raise ValueError(
-            f"full-model score on {eval_set!r} is {full}, not above chance {c}: the relative drop is undefined"
+            f"full-model score on {eval_set!r} is {full}, not above chance {c}: relative drop undefined"
         )
     return min(max((full - table.score(kind, task, eval_set)) / (full - c), 0.0), 1.0)
 
@@ -41,8 +41,11 @@ def relative_drop(table: MaskEvalTable, eval_set: str, kind: Kind, task: str | N
 def p_specialize(table: MaskEvalTable, a: str, b: str, chance: Chance) -> float:
     """``P_specialize(A|B) = d_A(not A) - d_B(not A)`` in [-1, 1]; 1 means removing A's weights kills A and
     spares B. ``a`` names both a mask and an evaluation set, ``b`` an evaluation set."""
-    for name, where, what in ((a, table.tasks, "task"), (a, table.eval_sets, "evaluation set"),
-                              (b, table.eval_sets, "evaluation set")):
+    for name, where, what in (
+        (a, table.tasks, "task"),
+        (a, table.eval_sets, "evaluation set"),
+        (b, table.eval_sets, "evaluation set"),
+    ):
         if name not in where:
             raise ValueError(f"unknown {what} {name!r}; the table has {list(where)}")
     return relative_drop(table, a, "inverted", a, chance) - relative_drop(table, b, "inverted", a, chance)
@@ -60,8 +63,13 @@ class Reuse:
     iou_per_layer: Mapping[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"iou": self.iou, "iomin": self.iomin, "functional": self.functional, "layers": list(self.layers),
-                "iou_per_layer": dict(self.iou_per_layer)}
+        return {
+            "iou": self.iou,
+            "iomin": self.iomin,
+            "functional": self.functional,
+            "layers": list(self.layers),
+            "iou_per_layer": dict(self.iou_per_layer),
+        }
 
 
 def p_reuse(
@@ -76,7 +84,8 @@ def p_reuse(
     """P_reuse of instances ``a1``, ``a2`` of the same function (e.g. the two pairs of double addition).
 
     ``shared_layers``: the masked parameters both instances use (exclude instance-specific input/output
-    layers); ``None`` = all. The functional part needs ``table`` with the mask ``a1`` and evaluation set ``a2``.
+    layers); ``None`` = all. The functional part needs ``table`` with the mask ``a1`` and evaluation set
+    ``a2``.
     """
     for t in (a1, a2):
         if t not in masks:
@@ -88,8 +97,15 @@ def p_reuse(
     functional = math.nan
     if table is not None:
         if a1 not in table.tasks or a2 not in table.eval_sets:
-            raise ValueError(f"the table needs mask {a1!r} (has {list(table.tasks)}) and evaluation set {a2!r} "
-                             f"(has {list(table.eval_sets)})")
+            raise ValueError(
+                f"the table needs mask {a1!r} (has {list(table.tasks)}) and evaluation set {a2!r} "
+                f"(has {list(table.eval_sets)})"
+            )
         functional = 1.0 - relative_drop(table, a2, "inverted", a1, chance)
-    return Reuse(structural.total, iomin(masks[a1], masks[a2], layers).total, functional, layers,
-                 dict(structural.per_layer))
+    return Reuse(
+        structural.total,
+        iomin(masks[a1], masks[a2], layers).total,
+        functional,
+        layers,
+        dict(structural.per_layer),
+    )

@@ -51,7 +51,9 @@ def select_parameters(model: nn.Module, include: Include | None = None) -> tuple
         if (name in default if default is not None else bool(include(name, param)))
     )
     if not names:
-        what = "the default include (no Linear/Conv/RNN/attention weights)" if include is None else repr(include)
+        what = (
+            "the default include (no Linear/Conv/RNN/attention weights)" if include is None else repr(include)
+        )
         raise ValueError(
             f"no parameter of {type(model).__name__} was selected for masking by {what}; "
             f"parameters are {[n for n, _ in model.named_parameters()][:10]}"

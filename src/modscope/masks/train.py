@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from modscope.masks.checkpoint import load_checkpoint, save_checkpoint
 from modscope.masks.forward import grouped_forward, vmap_supported
 from modscope.masks.maskset import MaskSet, model_fingerprint
-from modscope.masks.sampling import logistic_noise, masked_weights
+from modscope.masks.sampling import from_flat, masked_weight_list, to_flat, uniform_bits
 from modscope.masks.selection import Include, select_parameters
 
 __all__ = ["Progress", "train_masks"]
@@ -76,7 +76,9 @@ class _Batches:
         self.task, self.source, self.batch_size, self.generator = task, source, batch_size, generator
         if batch_size is None:
             if not isinstance(source, Iterable):
-                raise ValueError(f"task {task!r}: expected an iterable of (inputs, targets), got {type(source)}")
+                raise ValueError(
+                    f"task {task!r}: expected an iterable of (inputs, targets), got {type(source)}"
+                )
             if iter(source) is source:
                 raise ValueError(
                     f"task {task!r}: the source is a one-shot iterator ({type(source).__name__}); pass a "
@@ -85,7 +87,9 @@ class _Batches:
             self._it: Iterator[Batch] | None = None
         else:
             if not (isinstance(source, (tuple, list)) and len(source) == 2):
-                raise ValueError(f"task {task!r}: with batch_size, pass (inputs, targets) tensors, got {type(source)}")
+                raise ValueError(
+                    f"task {task!r}: with batch_size, pass (inputs, targets) tensors, got {type(source)}"
+                )
             self.args = _as_args(source[0])
             self.targets = source[1]
             self.n = len(self.targets)
@@ -106,7 +110,9 @@ class _Batches:
             try:
                 inputs, targets = batch
             except (TypeError, ValueError):
-                raise ValueError(f"task {self.task!r}: a batch must be (inputs, targets), got {type(batch)}") from None
+                raise ValueError(
+                    f"task {self.task!r}: a batch must be (inputs, targets), got {type(batch)}"
+                ) from None
             return _as_args(inputs), targets
         raise ValueError(f"task {self.task!r}: the source yields no batches")
 
@@ -151,16 +157,20 @@ def train_masks(
 ) -> MaskSet:
     """Learn one binary weight mask per sub-task on a frozen ``model``, all tasks in one vectorized loop.
 
-    Each masked weight gets a real logit (initialized to ``init``; 2.0 keeps about 88%). Per step and task, the
-    batch is split into ``samples`` contiguous groups; group ``s`` runs with its own hard Gumbel-sigmoid sample
+    Each masked weight gets a real logit (initialized to ``init``; 2.0 keeps about 88%). Per step and task,
+    the
+    batch is split into ``samples`` contiguous groups; group ``s`` runs with its own hard Gumbel-sigmoid
+    sample
     of the mask in every layer (straight-through gradient). The loss of task ``t`` is
-    ``loss_fn(outputs_t, targets_t) + beta * sum(logits_t) / B_t``; Adam (``lr``) updates the logits only, after
+    ``loss_fn(outputs_t, targets_t) + beta * sum(logits_t) / B_t``; Adam (``lr``) updates the logits only,
+    after
     clipping each task's gradient to norm ``max_grad_norm``. The papers use beta 1e-4 (arithmetic FNN), batch
     128 and 20k steps. Tasks never interact: each has its own generator (from ``seed`` and its name), its own
     gradient clipping, and Adam is element-wise.
 
     Args:
-        model: any ``nn.Module`` called as ``model(*inputs)``; inputs and outputs batch-first. It is put in eval
+        model: any ``nn.Module`` called as ``model(*inputs)``; inputs and outputs batch-first. It is put in
+            eval
             mode with gradients off during training; its parameters, buffers, mode and ``requires_grad`` flags
             are left exactly as they were.
         tasks: ``name -> source``. A source is a re-iterable of ``(inputs, targets)`` batches (a list, a
@@ -174,8 +184,10 @@ def train_masks(
             :func:`~modscope.masks.selection.default_masked_names`).
         progress: called as ``progress(step, steps, {"loss": {task: float}, "kept": {task: fraction}})`` after
             each step.
-        checkpoint: a file; saved every ``checkpoint_every`` steps and at the end (atomically), and resumed from
-            when it exists. The resumed run equals the uninterrupted one when each source yields the same batch
+        checkpoint: a file; saved every ``checkpoint_every`` steps and at the end (atomically), and resumed
+            from
+            when it exists. The resumed run equals the uninterrupted one when each source yields the same
+            batch
             sequence when iterated afresh (always true with ``batch_size``).
         method: ``"vmap"`` (all groups as one vmapped call), ``"loop"`` (one call per group) or ``"auto"``:
             vmap unless the model has recurrent layers or vmap fails on the first step.
@@ -184,37 +196,54 @@ def train_masks(
         A :class:`~modscope.masks.maskset.MaskSet` of the final logits (mask = ``logit > 0``).
 
     Raises:
-        ValueError: bad arguments, an include selecting nothing, a non-finite loss, a checkpoint of another run.
+        ValueError: bad arguments, an include selecting nothing, a non-finite loss, a checkpoint of another
+            run.
     """
     _validate(tasks, steps, beta, lr, samples, batch_size, method)
     names = select_parameters(model, include)
     params = dict(model.named_parameters())
     shapes = [tuple(params[n].shape) for n in names]
     sizes = [params[n].numel() for n in names]
-    weight = torch.cat([params[n].detach().reshape(-1) for n in names])
+    # flat layout of the logits, noise and weights: sampling.to_flat (2-d parameters stored transposed)
+    weight = torch.cat([to_flat(params[n].detach(), s) for n, s in zip(names, shapes, strict=True)])
     if not weight.is_floating_point():
         raise ValueError(f"masked parameters must be floating point, got {weight.dtype}")
     device, dtype = weight.device, weight.dtype
+    finite = bool(torch.isfinite(weight).all())
     task_names = list(tasks)
     n_tasks, n_weights = len(task_names), weight.numel()
     fingerprint = model_fingerprint(model, names)
     config = {
-        "tasks": task_names, "params": list(names), "shapes": [list(s) for s in shapes], "beta": float(beta),
-        "lr": float(lr), "samples": samples, "init": float(init), "batch_size": batch_size, "seed": seed,
-        "max_grad_norm": max_grad_norm, "fingerprint": fingerprint,
+        "tasks": task_names,
+        "params": list(names),
+        "shapes": [list(s) for s in shapes],
+        "beta": float(beta),
+        "lr": float(lr),
+        "samples": samples,
+        "init": float(init),
+        "batch_size": batch_size,
+        "seed": seed,
+        "max_grad_norm": max_grad_norm,
+        "fingerprint": fingerprint,
+        "layout": "flat-2d-transposed",
     }
 
     generators = [torch.Generator().manual_seed(task_seed(seed, t)) for t in task_names]
     streams = [_Batches(t, tasks[t], batch_size, g) for t, g in zip(task_names, generators, strict=True)]
     logits = torch.full((n_tasks, n_weights), float(init), dtype=dtype, device=device, requires_grad=True)
-    optimizer = torch.optim.Adam([logits], lr=lr)
+    try:  # one fused kernel instead of about ten passes over the logits (the same update, elementwise)
+        optimizer = torch.optim.Adam([logits], lr=lr, fused=True)
+    except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
+        optimizer = torch.optim.Adam([logits], lr=lr)
     start = 0
     if checkpoint is not None:
         state = load_checkpoint(checkpoint)
         if state is not None:
             if state["config"] != config:
                 diff = sorted(k for k in config if state["config"].get(k) != config[k])
-                raise ValueError(f"checkpoint {os.fspath(checkpoint)!r} belongs to another run (differs in {diff})")
+                raise ValueError(
+                    f"checkpoint {os.fspath(checkpoint)!r} belongs to another run (differs in {diff})"
+                )
             if state["step"] > steps:
                 raise ValueError(f"checkpoint is at step {state['step']}, beyond steps={steps}")
             start = state["step"]
@@ -232,24 +261,29 @@ def train_masks(
     use = method
     if method == "auto":
         use = "vmap" if vmap_supported(model) else "loop"
-    noise = torch.empty(n_tasks, samples, n_weights, dtype=dtype)
 
     def save(step: int) -> None:
-        save_checkpoint(checkpoint, {
-            "config": config, "step": step, "logits": logits.detach().cpu().clone(),
-            "optimizer": optimizer.state_dict(), "rng": [g.get_state() for g in generators],
-        })
+        save_checkpoint(
+            checkpoint,
+            {
+                "config": config,
+                "step": step,
+                "logits": logits.detach().cpu().clone(),
+                "optimizer": optimizer.state_dict(),
+                "rng": [g.get_state() for g in generators],
+            },
+        )
 
-    def loss_of(batches: list[tuple[tuple[Tensor, ...], Tensor]], noise_dev: Tensor, how: str):
-        sampled = masked_weights(logits, noise_dev, weight)
-        views = sampled.split(sizes, dim=-1)
-        substituted = {n: v.reshape(n_tasks, samples, *s) for n, v, s in zip(names, views, shapes, strict=True)}
+    def loss_of(batches: list[tuple[tuple[Tensor, ...], Tensor]], bits: Tensor, how: str):
+        substituted = dict(zip(names, masked_weight_list(logits, bits, weight, shapes, finite), strict=True))
         outputs = grouped_forward(model, substituted, [args for args, _ in batches], samples, how)
         task_losses = []
         for t, (out, (_, targets)) in enumerate(zip(outputs, batches, strict=True)):
             loss = loss_fn(out, targets)
             if not isinstance(loss, Tensor) or loss.numel() != 1:
-                raise ValueError(f"loss_fn must return a scalar tensor, got {loss!r} for task {task_names[t]!r}")
+                raise ValueError(
+                    f"loss_fn must return a scalar tensor, got {loss!r} for task {task_names[t]!r}"
+                )
             task_losses.append(loss.reshape(()))
         task_losses = torch.stack(task_losses)
         batch_sizes = torch.tensor([len(tg) for _, tg in batches], dtype=dtype, device=device)
@@ -262,28 +296,29 @@ def train_masks(
             for stream in streams:
                 args, targets = next(stream)
                 batches.append((tuple(a.to(device) for a in args), targets.to(device)))
-            for t, g in enumerate(generators):
-                logistic_noise((samples, n_weights), g, dtype=dtype, out=noise[t])
-            noise_dev = noise.to(device)  # masked_weights overwrites it; refilled next step
+            drawn = [uniform_bits((samples, n_weights), g) for g in generators]
+            bits = (drawn[0].unsqueeze(0) if n_tasks == 1 else torch.stack(drawn)).to(device)
             if method == "auto" and step == start and use == "vmap":
-                backup = noise.clone()
                 try:
-                    total, task_losses = loss_of(batches, noise_dev, "vmap")
+                    total, task_losses = loss_of(batches, bits, "vmap")
                     (grad,) = torch.autograd.grad(total, logits)
                 except (RuntimeError, NotImplementedError) as exc:
                     log.warning("vmap failed on %s (%s); using the per-group loop", type(model).__name__, exc)
                     use = "loop"
-                    total, task_losses = loss_of(batches, backup.to(device), "loop")
+                    total, task_losses = loss_of(batches, bits, "loop")
                     (grad,) = torch.autograd.grad(total, logits)
             else:
-                total, task_losses = loss_of(batches, noise_dev, use)
+                total, task_losses = loss_of(batches, bits, use)
                 (grad,) = torch.autograd.grad(total, logits)
             values = task_losses.tolist()
             bad = [(t, v) for t, v in zip(task_names, values, strict=True) if not math.isfinite(v)]
             if bad:
-                raise ValueError(f"loss of task {bad[0][0]!r} is {bad[0][1]} at step {step}; masks not updated")
+                raise ValueError(
+                    f"loss of task {bad[0][0]!r} is {bad[0][1]} at step {step}; masks not updated"
+                )
             if max_grad_norm is not None:
-                # Per task, unlike clip_grad_norm_: a joint norm would let one task's gradient shrink another's.
+                # Per task, unlike clip_grad_norm_: a joint norm would let one task's gradient shrink
+                # another's.
                 norms = torch.linalg.vector_norm(grad, dim=1, keepdim=True)
                 grad.mul_((max_grad_norm / (norms + 1e-6)).clamp(max=1.0))
             logits.grad = grad
@@ -294,18 +329,27 @@ def train_masks(
                 save(done)
             if progress is not None:
                 kept = (logits.detach() > 0).to(dtype).mean(1).tolist()
-                progress(done, steps, {
-                    "loss": dict(zip(task_names, values, strict=True)),
-                    "kept": dict(zip(task_names, kept, strict=True)),
-                })
+                progress(
+                    done,
+                    steps,
+                    {
+                        "loss": dict(zip(task_names, values, strict=True)),
+                        "kept": dict(zip(task_names, kept, strict=True)),
+                    },
+                )
             if done % 1000 == 0 or done == steps:
                 log.debug("mask step %d/%d loss %s", done, steps, values)
 
     final = logits.detach()
     per_task = {
-        t: {n: v.reshape(s).clone() for n, v, s in zip(names, final[i].split(sizes), shapes, strict=True)}
+        t: {
+            n: from_flat(v, s).clone(memory_format=torch.contiguous_format)
+            for n, v, s in zip(names, final[i].split(sizes), shapes, strict=True)
+        }
         for i, t in enumerate(task_names)
     }
-    hparams = {k: v for k, v in config.items() if k not in ("tasks", "params", "shapes", "fingerprint")}
+    hparams = {
+        k: v for k, v in config.items() if k not in ("tasks", "params", "shapes", "fingerprint", "layout")
+    }
     hparams.update(steps=steps, method=use)
     return MaskSet.from_logits(per_task, hparams=hparams, fingerprint=fingerprint)

@@ -1,0 +1,137 @@
+"""Sampling of hard Gumbel-sigmoid masks: frequencies, straight-through gradients, seeding."""
+
+import math
+
+import pytest
+import torch
+
+from modscope.masks.sampling import (
+    bits_to_uniform,
+    hard_gumbel_sigmoid,
+    logistic_noise,
+    masked_weights,
+    uniform_bits,
+)
+
+
+def test_keep_frequency_matches_sigmoid_of_logit():
+    logits = torch.linspace(-4, 4, 9).unsqueeze(0)  # (T=1, N=9)
+    samples = 20_000
+    bits = uniform_bits((1, samples, 9), torch.Generator().manual_seed(1))
+    kept = masked_weights(logits, bits, torch.ones(9)).mean(1)[0]
+    expected = torch.sigmoid(logits[0])
+    sd = (expected * (1 - expected) / samples).sqrt()
+    assert torch.all((kept - expected).abs() < 5 * sd + 1e-4), (kept, expected)
+
+
+def test_reference_sampler_keep_frequency_and_values():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.tensor([-2.0, 0.0, 1.5])
+    noise = logistic_noise((50_000, 3), g)
+    sample = hard_gumbel_sigmoid(logits, noise)
+    assert set(sample.unique().tolist()) <= {0.0, 1.0}
+    assert torch.allclose(sample.mean(0), torch.sigmoid(logits), atol=0.01)
+
+
+def test_fused_sampler_equals_reference_forward_and_gradient():
+    g = torch.Generator().manual_seed(3)
+    logits = (torch.randn(2, 500, generator=g) * 3).requires_grad_(True)
+    bits = uniform_bits((2, 4, 500), g)
+    weight = torch.randn(500, generator=g)
+    upstream = torch.randn(2, 4, 500, generator=g)
+    out = masked_weights(logits, bits, weight)
+    (grad,) = torch.autograd.grad(out, logits, upstream)
+
+    ref_logits = logits.detach().double().requires_grad_(True)
+    noise = torch.special.logit(bits_to_uniform(bits).double())
+    ref = weight.double() * hard_gumbel_sigmoid(ref_logits.unsqueeze(1), noise)
+    (ref_grad,) = torch.autograd.grad(ref, ref_logits, upstream.double())
+    assert torch.equal(out.double(), ref.detach())
+    assert torch.allclose(grad.double(), ref_grad, rtol=1e-4, atol=1e-5)
+
+
+def test_straight_through_gradient_is_the_soft_sigmoids():
+    logits = torch.tensor([0.3, -1.2, 2.0], requires_grad=True)
+    noise = torch.tensor([0.5, 2.0, -0.7])
+    hard = hard_gumbel_sigmoid(logits, noise)
+    hard.sum().backward()
+    soft = torch.sigmoid(logits.detach() + noise)
+    assert torch.equal(hard.detach(), (soft > 0.5).float())
+    assert torch.allclose(logits.grad, soft * (1 - soft))
+
+
+def test_uniform_bits_are_seeded_and_cover_the_range():
+    a = uniform_bits((3, 1000), torch.Generator().manual_seed(5))
+    b = uniform_bits((3, 1000), torch.Generator().manual_seed(5))
+    c = uniform_bits((3, 1000), torch.Generator().manual_seed(6))
+    assert a.dtype == torch.int16 and torch.equal(a, b) and not torch.equal(a, c)
+    u = bits_to_uniform(a)
+    assert 0 < float(u.min()) and float(u.max()) < 1
+    assert math.isclose(float(u.mean()), 0.5, abs_tol=0.02)
+
+
+@pytest.mark.parametrize("logit", [-30.0, 30.0])
+def test_extreme_logits_are_deterministic(logit):
+    bits = uniform_bits((1, 2000, 1), torch.Generator().manual_seed(0))
+    kept = masked_weights(torch.tensor([[logit]]), bits, torch.ones(1))
+    assert torch.all(kept == (1.0 if logit > 0 else 0.0))
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("layer", ["linear", "conv"])
+def test_fast_path_matches_reference_through_a_layer(monkeypatch, compiled, layer):
+    """masked_weight_list (flat layout, fused or compiled kernels) against the generic reference: the same
+    noise through hard_gumbel_sigmoid in float64, per-sample masked weights, a real layer, forward and the
+    logit gradient."""
+    from torch.func import functional_call, vmap
+
+    from modscope.masks import sampling
+
+    monkeypatch.setattr(sampling, "_COMPILE", compiled)
+    monkeypatch.setattr(sampling, "_COMPILE_MIN_ELEMENTS", 0)
+    g = torch.Generator().manual_seed(7)
+    if layer == "linear":
+        module, x = torch.nn.Linear(24, 16), torch.randn(2 * 3, 5, 24, generator=g)
+    else:
+        module, x = torch.nn.Conv2d(3, 8, 3), torch.randn(2 * 3, 2, 3, 6, 6, generator=g)
+    shape = tuple(module.weight.shape)
+    n_tasks, samples = 2, 3
+    weight = sampling.to_flat(module.weight.detach(), shape)
+    logits = (torch.randn(n_tasks, weight.numel(), generator=g) * 2).requires_grad_(True)
+    bits = uniform_bits((n_tasks, samples, weight.numel()), g)
+    upstream = None
+
+    def run(w):
+        flat_w = w.reshape(n_tasks * samples, *shape)
+        return vmap(lambda wi, xi: functional_call(module, {"weight": wi}, (xi,)))(flat_w, x)
+
+    (sampled,) = sampling.masked_weight_list(logits, bits, weight, [shape])
+    out = run(sampled)
+    upstream = torch.randn(out.shape, generator=g)
+    (grad,) = torch.autograd.grad(out, logits, upstream)
+
+    module = module.double()
+    ref_logits = sampling.from_flat(logits.detach().double(), shape).requires_grad_(True)
+    noise = sampling.from_flat(torch.special.logit(bits_to_uniform(bits).double()), shape)
+    ref_sampled = module.weight.detach() * hard_gumbel_sigmoid(ref_logits.unsqueeze(1), noise)
+    x = x.double()
+    ref_out = run(ref_sampled)
+    (ref_grad,) = torch.autograd.grad(ref_out, ref_logits, upstream.double())
+    assert torch.equal(sampled.double(), ref_sampled.detach())
+    assert torch.allclose(out.double(), ref_out, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(sampling.from_flat(grad, shape).double(), ref_grad, rtol=1e-4, atol=1e-6)
+    assert grad.abs().max() > 1e-3  # a gradient that is really there
+
+
+def test_flat_layout_round_trip_and_nonfinite_weights_dropped_exactly():
+    from modscope.masks import sampling
+
+    t = torch.arange(24.0).reshape(2, 3, 4)
+    for shape in [(3, 4), (2, 3, 4)]:
+        src = t.reshape(-1, *shape) if len(shape) == 2 else t
+        flat = sampling.to_flat(src, shape)
+        assert torch.equal(sampling.from_flat(flat, shape), src)
+    weight = torch.tensor([float("inf"), float("nan"), 1.0])
+    bits = torch.full((1, 1, 3), -32768, dtype=torch.int16)  # u close to 0: every weight dropped
+    out = sampling.masked_weights(torch.zeros(1, 3), bits, weight)
+    assert torch.equal(out, torch.zeros(1, 1, 3))

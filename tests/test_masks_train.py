@@ -1,0 +1,376 @@
+"""train_masks: known answers, per-example alignment, vmap/loop agreement, model state, checkpoints."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modscope.masks import MaskSet, evaluate_masks, iou, p_specialize, train_masks
+from modscope.masks.forward import grouped_forward
+from modscope.masks.train import frozen
+
+# ---------------------------------------------------------------- small models and data (shared in this file)
+
+
+def two_path_net() -> nn.Sequential:
+    """4 -> 4 -> 4, both layers 3 * I, no bias: outputs 0-1 read inputs 0-1 only, outputs 2-3 inputs 2-3."""
+    net = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4))
+    with torch.no_grad():
+        for layer in (net[0], net[2]):
+            layer.weight.copy_(3 * torch.eye(4))
+            layer.bias.zero_()
+    return net
+
+
+def side_data(side: int, n: int = 256, seed: int = 0):
+    """Task "left" (side 0) / "right" (side 1): other side's inputs are zero; class = argmax of own side."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.zeros(n, 4)
+    x[:, 2 * side : 2 * side + 2] = torch.rand(n, 2, generator=g) + 0.05
+    return x, x[:, 2 * side : 2 * side + 2].argmax(1) + 2 * side
+
+
+class CNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+
+class LSTMNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(3, 8, batch_first=True)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        out, _ = self.lstm(x)
+        return self.fc(out[:, -1])
+
+
+class TransformerNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(5, 8)
+        layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.5, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, tokens):
+        return self.fc(self.enc(self.emb(tokens)).mean(1))
+
+
+def make(kind: str, seed: int = 0):
+    """(model, inputs x of 16 examples, targets y)."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    if kind == "mlp":
+        model, x = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 3)), torch.randn(16, 5, generator=g)
+    elif kind == "cnn":
+        model, x = CNN(), torch.randn(16, 1, 4, 4, generator=g)
+        model.bn.running_mean.uniform_(-0.5, 0.5)  # non-trivial running statistics
+    elif kind == "lstm":
+        model, x = LSTMNet(), torch.randn(16, 4, 3, generator=g)
+    else:
+        model, x = TransformerNet(), torch.randint(5, (16, 6), generator=g)
+    return model, x, torch.randint(3, (16,), generator=g)
+
+
+def snapshot(model: nn.Module):
+    return (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        [p.requires_grad for p in model.parameters()],
+        [m.training for m in model.modules()],
+    )
+
+
+def assert_same_state(model: nn.Module, snap) -> None:
+    state, flags, modes = snap
+    now = model.state_dict()
+    assert list(now) == list(state)
+    for k, v in state.items():
+        assert torch.equal(now[k], v) and now[k].dtype == v.dtype, k
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert [m.training for m in model.modules()] == modes
+    assert all(p.grad is None for p in model.parameters())
+
+
+# ---------------------------------------------------------------- known answers
+
+
+@pytest.fixture(scope="module")
+def left_right():
+    net = two_path_net()
+    tasks = {"left": side_data(0), "right": side_data(1)}
+    masks = train_masks(net, tasks, F.cross_entropy, steps=150, beta=1e-2, lr=0.05, batch_size=64, seed=0)
+    return net, masks
+
+
+def test_known_answer_keeps_exactly_the_task_path(left_right):
+    _, masks = left_right
+    diag = torch.zeros(4, 4, dtype=torch.bool)
+    left, right = diag.clone(), diag.clone()
+    left[[0, 1], [0, 1]] = True
+    right[[2, 3], [2, 3]] = True
+    for layer in ("0.weight", "2.weight"):
+        # Off-diagonal weights are 0 and the other side's inputs are 0: no effect, so the sparsity term
+        # drops them.
+        assert torch.equal(masks["left"][layer], left), masks["left"][layer]
+        assert torch.equal(masks["right"][layer], right), masks["right"][layer]
+    assert iou(masks["left"], masks["right"]).total == 0.0
+    assert masks.param_names == ("0.weight", "2.weight")  # biases are not masked by default
+
+
+def test_known_answer_inverted_mask_destroys_own_task_and_spares_the_other(left_right):
+    net, masks = left_right
+    evals = {"left": [side_data(0, seed=1)], "right": [side_data(1, seed=1)]}
+    table = evaluate_masks(net, masks, evals)
+    assert table.score("full", None, "left") == 1.0 and table.score("full", None, "right") == 1.0
+    assert table.score("mask", "left", "left") == 1.0
+    assert table.score("inverted", "left", "left") <= 0.6  # outputs all 0: argmax picks class 0 (chance 0.5)
+    assert table.score("inverted", "left", "right") == 1.0
+    assert p_specialize(table, "left", "right", chance=0.5) > 0.9
+    assert p_specialize(table, "right", "left", chance=0.5) > 0.9
+
+
+# ---------------------------------------------------------------- alignment of samples across layers and
+# examples
+
+
+@pytest.mark.parametrize("method", ["vmap", "loop"])
+@pytest.mark.parametrize("batch", [8, 7])
+def test_each_group_sees_its_own_sample_in_every_layer(method, batch):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 5, bias=False), nn.Tanh(), nn.Linear(5, 2, bias=False))
+    n_tasks, samples = 2, 4
+    g = torch.Generator().manual_seed(1)
+    w1 = net[0].weight.detach() * (torch.rand(n_tasks, samples, 5, 3, generator=g) > 0.5)
+    w2 = net[2].weight.detach() * (torch.rand(n_tasks, samples, 2, 5, generator=g) > 0.5)
+    inputs = [(torch.randn(batch, 3, generator=g),) for _ in range(n_tasks)]
+    outs = grouped_forward(net, {"0.weight": w1, "2.weight": w2}, inputs, samples, method)
+    for t in range(n_tasks):
+        for s, idx in enumerate(torch.tensor_split(torch.arange(batch), samples)):
+            x = inputs[t][0][idx]
+            expected = torch.tanh(x @ w1[t, s].T) @ w2[t, s].T
+            assert torch.allclose(outs[t][idx], expected, atol=1e-6), (t, s)
+
+
+@pytest.mark.parametrize("kind", ["cnn", "transformer"])
+def test_vmap_and_loop_agree_for_the_same_weights(kind):
+    model, x, _ = make(kind)
+    model.eval()
+    names = [n for n, p in model.named_parameters() if n.endswith("weight") and p.ndim >= 2]
+    params = dict(model.named_parameters())
+    g = torch.Generator().manual_seed(0)
+    weights = {n: params[n].detach() * (torch.rand(2, 4, *params[n].shape, generator=g) > 0.3) for n in names}
+    inputs = [(x,), (x.flip(0),)]
+    with torch.no_grad(), frozen(model):
+        fast = grouped_forward(model, weights, inputs, 4, "vmap")
+        slow = grouped_forward(model, weights, inputs, 4, "loop")
+    for a, b in zip(fast, slow, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "transformer"])
+def test_training_vmap_and_loop_give_the_same_masks(kind):
+    model, x, y = make(kind)
+    common = dict(steps=4, beta=1e-3, lr=0.5, init=0.3, seed=2)
+    a = train_masks(model, {"t": [(x, y)]}, F.cross_entropy, method="vmap", **common)
+    b = train_masks(model, {"t": [(x, y)]}, F.cross_entropy, method="loop", **common)
+    for n in a.param_names:
+        assert torch.allclose(a.logits["t"][n], b.logits["t"][n], atol=1e-4), n
+    assert a == b
+
+
+# ---------------------------------------------------------------- any nn.Module, model left untouched
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("mlp", {"0.weight", "2.weight"}),
+        ("cnn", {"conv.weight", "fc.weight"}),
+        ("lstm", {"lstm.weight_ih_l0", "lstm.weight_hh_l0", "fc.weight"}),
+        (
+            "transformer",
+            {
+                "enc.layers.0.self_attn.in_proj_weight",
+                "enc.layers.0.self_attn.out_proj.weight",
+                "enc.layers.0.linear1.weight",
+                "enc.layers.0.linear2.weight",
+                "fc.weight",
+            },
+        ),
+    ],
+)
+def test_trains_on_common_architectures_and_leaves_the_model_bit_identical(kind, expected):
+    model, x, y = make(kind)
+    model.train()
+    first = next(model.parameters())
+    first.requires_grad_(False)  # a mixed pattern of flags must come back as it was
+    snap = snapshot(model)
+    seen = []
+    masks = train_masks(
+        model,
+        {"a": [(x, y)], "b": [(x[:8], y[:8]), (x[8:], y[8:])]},
+        F.cross_entropy,
+        steps=3,
+        beta=1e-3,
+        progress=lambda step, total, info: seen.append((step, total, info)),
+    )
+    assert set(masks.param_names) == expected
+    assert masks.tasks == ("a", "b")
+    assert [s for s, _, _ in seen] == [1, 2, 3] and all(t == 3 for _, t, _ in seen)
+    assert set(seen[-1][2]["loss"]) == {"a", "b"} and 0 <= seen[-1][2]["kept"]["a"] <= 1
+    assert masks.hparams["method"] == ("loop" if kind == "lstm" else "vmap")
+    assert_same_state(model, snap)
+
+
+def test_model_restored_after_an_exception_during_training():
+    model, x, y = make("cnn")
+    model.train()
+    snap = snapshot(model)
+
+    def boom(step, total, info):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_masks(model, {"a": [(x, y)]}, F.cross_entropy, steps=3, beta=1e-3, progress=boom)
+    assert_same_state(model, snap)
+
+
+def test_concurrent_tasks_equal_separate_runs():
+    model, x, y = make("mlp")
+    tasks = {"a": (x, y), "b": (x * 2, y.flip(0)), "c": (-x, y)}
+    common = dict(steps=5, beta=1e-3, lr=0.1, batch_size=8, seed=4)
+    together = train_masks(model, tasks, F.cross_entropy, **common)
+    for name, data in tasks.items():
+        alone = train_masks(model, {name: data}, F.cross_entropy, **common)
+        for n in alone.param_names:
+            assert torch.allclose(alone.logits[name][n], together.logits[name][n], atol=1e-5)
+
+
+def test_same_seed_same_masks_other_seed_other_noise():
+    model, x, y = make("mlp")
+
+    def run(seed):
+        return train_masks(
+            model, {"a": (x, y)}, F.cross_entropy, steps=3, beta=1e-3, lr=0.1, batch_size=8, seed=seed
+        )
+
+    a, b, c = run(0), run(0), run(1)
+    assert all(torch.equal(a.logits["a"][n], b.logits["a"][n]) for n in a.param_names)
+    assert any(not torch.equal(a.logits["a"][n], c.logits["a"][n]) for n in a.param_names)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("mode", ["batch_size", "iterable"])
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, mode):
+    model, x, y = make("mlp")
+    if mode == "batch_size":
+        tasks, extra = {"a": (x, y), "b": (x.flip(0), y)}, {"batch_size": 8}
+    else:
+        tasks, extra = {"a": [(x[:8], y[:8]), (x[8:], y[8:])], "b": [(x, y)]}, {}
+    common = dict(steps=7, beta=1e-3, lr=0.1, seed=1, **extra)
+    reference = train_masks(model, tasks, F.cross_entropy, **common)
+
+    path = tmp_path / "run.ckpt"
+
+    def interrupt(step, total, info):
+        if step == 5:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_masks(
+            model, tasks, F.cross_entropy, checkpoint=path, checkpoint_every=2, progress=interrupt, **common
+        )
+    assert path.exists() and not list(tmp_path.glob(".*tmp"))  # atomic write left no temp file
+    steps_seen = []
+    resumed = train_masks(
+        model,
+        tasks,
+        F.cross_entropy,
+        checkpoint=path,
+        checkpoint_every=2,
+        progress=lambda s, t, i: steps_seen.append(s),
+        **common,
+    )
+    assert steps_seen == [5, 6, 7]  # lost at most one interval (step 5), resumed from the step-4 checkpoint
+    for t in tasks:
+        for n in reference.param_names:
+            assert torch.equal(reference.logits[t][n], resumed.logits[t][n])
+
+
+def test_checkpoint_of_another_run_is_rejected(tmp_path):
+    model, x, y = make("mlp")
+    path = tmp_path / "c.ckpt"
+    train_masks(model, {"a": (x, y)}, F.cross_entropy, steps=2, beta=1e-3, batch_size=4, checkpoint=path)
+    with pytest.raises(ValueError, match="beta"):
+        train_masks(model, {"a": (x, y)}, F.cross_entropy, steps=2, beta=0.5, batch_size=4, checkpoint=path)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("steps", [0, -3, 2.5])
+def test_bad_steps_named(steps):
+    model, x, y = make("mlp")
+    with pytest.raises(ValueError, match=f"steps must be a positive int, got {steps}"):
+        train_masks(model, {"a": [(x, y)]}, F.cross_entropy, steps=steps, beta=1e-3)
+
+
+def test_empty_task_mapping():
+    model, _, _ = make("mlp")
+    with pytest.raises(ValueError, match=r"non-empty mapping.*got \{\}"):
+        train_masks(model, {}, F.cross_entropy, steps=1, beta=1e-3)
+
+
+def test_nan_loss_is_an_error_naming_task_and_value():
+    model, x, y = make("mlp")
+    with pytest.raises(ValueError, match=r"loss of task 'a' is nan at step 0"):
+        train_masks(model, {"a": [(x, y)]}, lambda out, t: out.sum() * math.nan, steps=2, beta=1e-3)
+
+
+def test_include_selecting_nothing():
+    model, x, y = make("mlp")
+    with pytest.raises(ValueError, match="no parameter"):
+        train_masks(model, {"a": [(x, y)]}, F.cross_entropy, steps=1, beta=1e-3, include=lambda n, p: False)
+
+
+def test_include_can_pick_biases():
+    model, x, y = make("mlp")
+    masks = train_masks(
+        model, {"a": [(x, y)]}, F.cross_entropy, steps=1, beta=1e-3, include=lambda n, p: n.endswith("bias")
+    )
+    assert masks.param_names == ("0.bias", "2.bias")
+
+
+def test_one_shot_iterator_and_bad_batches_are_rejected():
+    model, x, y = make("mlp")
+    with pytest.raises(ValueError, match="one-shot iterator"):
+        train_masks(model, {"a": iter([(x, y)])}, F.cross_entropy, steps=1, beta=1e-3)
+    with pytest.raises(ValueError, match="yields no batches"):
+        train_masks(model, {"a": []}, F.cross_entropy, steps=1, beta=1e-3)
+    with pytest.raises(ValueError, match="beta must be"):
+        train_masks(model, {"a": [(x, y)]}, F.cross_entropy, steps=1, beta=-1.0)
+
+
+def test_result_is_a_maskset_with_hparams_and_fingerprint():
+    model, x, y = make("mlp")
+    masks = train_masks(model, {"a": [(x, y)]}, F.cross_entropy, steps=1, beta=1e-3, init=2.0)
+    assert isinstance(masks, MaskSet)
+    assert masks.hparams["beta"] == 1e-3 and masks.hparams["samples"] == 4 and masks.hparams["steps"] == 1
+    assert len(masks.fingerprint) == 64
+    assert masks["a"].total_kept == masks["a"].total_size  # one step from logit 2.0 cannot cross 0
