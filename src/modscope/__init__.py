@@ -47,7 +47,8 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'modscope' has no attribute {name!r}")
 
 
-__all__ = [*_MASKS,
+__all__ = [
+    *_MASKS,
     "ClusterabilityResult",
     "GraphError",
     "Partition",

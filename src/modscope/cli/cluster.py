@@ -85,7 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="worker processes for the shuffles, -1 = one per CPU; the result does not depend on it",
     )
     p.add_argument("--solver", choices=SOLVERS, default="auto", help="eigensolver (default: auto, by size)")
-    p.add_argument("--n-init", type=int, default=10, help="k-means restarts per clustering (default: 10)")
+    p.add_argument("--n-init", type=int, default=5, help="k-means restarts per clustering (default: 5)")
     p.add_argument(
         "--input-shape",
         metavar="CxHxW",

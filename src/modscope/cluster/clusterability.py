@@ -21,7 +21,7 @@ from threadpoolctl import threadpool_limits
 
 from modscope.atomic import write_json_atomic
 from modscope.cluster.affinity import Affinity
-from modscope.cluster.spectral import Partition, check_k, partition_affinity
+from modscope.cluster.spectral import N_INIT, Partition, check_k, partition_affinity
 from modscope.graph import WeightGraph, shuffle_blocks
 from modscope.graph.shuffle import check_shuffle
 
@@ -166,7 +166,7 @@ def clusterability(
     progress: Progress | None = None,
     *,
     solver: str = "auto",
-    n_init: int = 10,
+    n_init: int = N_INIT,
 ) -> ClusterabilityResult:
     """n-cut of a network against ``n_shuffles`` shuffled copies of it.
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg as sla
+import sklearn
 from sklearn.cluster import KMeans
 
 from modscope.cluster.affinity import Affinity
@@ -26,6 +27,10 @@ from modscope.cluster.bipartite import eigenproblem_size, layered_eigenpairs, lo
 from modscope.cluster.ncut import cluster_stats
 
 SOLVERS = ("auto", "dense", "lanczos", "lobpcg")
+# k-means restarts. Measured on the 51 graphs of the MLP benchmark (784-256x4-10, k = 12, one thread):
+# 3 restarts 44 ms, mean n-cut 10.239; 5: 55 ms, 10.232; 10: 82 ms, 10.222; the reference pipeline
+# (25 restarts picked by inertia) 10.293.
+N_INIT = 5
 # Largest eigenproblem solved densely by "auto" (nodes of the smaller side for a layered graph). Measured
 # on 2 cores: dense eigh of 522 nodes 20 ms vs Lanczos 28 ms; of 1818 nodes 540 ms vs 120 ms.
 DENSE_MAX = 800
@@ -139,8 +144,14 @@ def kmeans_min_ncut(
 ) -> tuple[np.ndarray, Any]:
     """k-means restarts on the rows of ``embedding``; the labels with the lowest n-cut win."""
     best = None
-    for seed in rng.integers(0, 2**31 - 1, size=n_init):
-        labels = KMeans(n_clusters=k, n_init=1, random_state=int(seed)).fit(embedding).labels_
+    # The embedding is finite by construction: skip scikit-learn's per-call validation (measured 0.3-1.3 ms
+    # of a 4-5 ms restart).
+    with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+        fits = [
+            KMeans(n_clusters=k, n_init=1, random_state=int(s)).fit(embedding).labels_
+            for s in rng.integers(0, 2**31 - 1, size=n_init)
+        ]
+    for labels in fits:
         stats = cluster_stats(aff, labels, k)
         if best is None or stats.ncut < best[1].ncut:
             best = (labels, stats)
@@ -148,7 +159,7 @@ def kmeans_min_ncut(
 
 
 def partition_affinity(
-    aff: Affinity, k: int, *, seed: Any = 0, solver: str = "auto", n_init: int = 10
+    aff: Affinity, k: int, *, seed: Any = 0, solver: str = "auto", n_init: int = N_INIT
 ) -> Partition:
     """:func:`spectral_partition` on an :class:`Affinity` (shared by the shuffle workers)."""
     k = check_k(k, aff.n)
@@ -173,7 +184,7 @@ def partition_affinity(
 
 
 def spectral_partition(
-    graph_or_adjacency: Any, k: int = 12, seed: int = 0, solver: str = "auto", *, n_init: int = 10
+    graph_or_adjacency: Any, k: int = 12, seed: int = 0, solver: str = "auto", *, n_init: int = N_INIT
 ) -> Partition:
     """Partition a graph into ``k`` clusters by normalized spectral clustering.
 
@@ -191,8 +202,10 @@ def spectral_partition(
         ``"auto"`` picks dense up to 800 unknowns, Lanczos above. A layered graph (a
         :class:`WeightGraph`) is solved on the smaller side of its bipartite split
         (:mod:`modscope.cluster.bipartite`), which is exact and several times faster.
-    n_init : int, default 10
-        k-means restarts; the one with the lowest n-cut is kept.
+    n_init : int, default 5
+        k-means restarts; the one with the lowest n-cut is kept (see ``N_INIT`` for the measured
+        trade-off: 10 restarts lower the n-cut of a random 784-256x4-10 MLP by about 0.01 and take 1.5x
+        as long).
 
     Returns
     -------
