@@ -7,14 +7,7 @@ from modscope.cli import main
 from modscope.models import load_model, read_metadata
 from modscope.training.recipes import RECIPES, run_recipe
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models: a second intra-op thread only adds contention (measured 5-50x slower on a busy machine).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_mlp_recipe_trains_prunes_saves_and_clusters(tmp_path, capsys):

@@ -11,14 +11,7 @@ import torch
 from modscope.models import build_model
 from modscope.training import ModuleAssignment, clusterable_init
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is far faster on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _factor(a: ModuleAssignment, src: str, dst: str, inside: float, across: float) -> torch.Tensor:

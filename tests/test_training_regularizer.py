@@ -14,14 +14,7 @@ from modscope.graph import WeightGraph
 from modscope.models import build_model
 from modscope.training import clusterability_penalty, path_flow, train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is far faster on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _weights(sizes, seed=0, dtype=torch.float64):

@@ -9,14 +9,7 @@ from modscope.graph import WeightGraph
 from modscope.models import build_model, load_model, read_metadata
 from modscope.training import TRAINING_FORMAT, save_trained, train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is far faster on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_save_trained_round_trip(tmp_path):

@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from modscope.atomic import atomic_path
 from modscope.masks.mask import Mask
 
 __all__ = ["FORMAT", "MaskSet", "check_model", "model_fingerprint"]
@@ -193,14 +193,8 @@ class MaskSet(Mapping[str, Mask]):
             "hparams": json.dumps(self.hparams, default=str),
             "fingerprint": self.fingerprint,
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=metadata)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: nn.Module | None = None) -> MaskSet:

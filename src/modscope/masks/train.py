@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from modscope.masks.checkpoint import load_checkpoint, save_checkpoint
+from modscope.checkpoint import load_checkpoint, save_checkpoint
 from modscope.masks.forward import grouped_forward, vmap_supported
 from modscope.masks.maskset import MaskSet, model_fingerprint
 from modscope.masks.sampling import from_flat, masked_weight_list, to_flat, uniform_bits
@@ -26,6 +26,8 @@ from modscope.masks.selection import Include, select_parameters
 __all__ = ["Progress", "train_masks"]
 
 log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "modscope.masks.checkpoint/1"
 
 Progress = Callable[[int, int, dict[str, Any]], None]
 Batch = tuple[Any, Tensor]
@@ -237,7 +239,7 @@ def train_masks(
         optimizer = torch.optim.Adam([logits], lr=lr)
     start = 0
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint)
+        state = load_checkpoint(checkpoint, format=CHECKPOINT_FORMAT)
         if state is not None:
             if state["config"] != config:
                 diff = sorted(k for k in config if state["config"].get(k) != config[k])
@@ -272,6 +274,7 @@ def train_masks(
                 "optimizer": optimizer.state_dict(),
                 "rng": [g.get_state() for g in generators],
             },
+            format=CHECKPOINT_FORMAT,
         )
 
     def loss_of(batches: list[tuple[tuple[Tensor, ...], Tensor]], bits: Tensor, how: str):

@@ -1,4 +1,4 @@
-"""Checkpoints of a training run: model, optimizer, RNG states and position, written atomically."""
+"""Checkpoints of a training run: model, optimizer, RNG states, position (see :mod:`modscope.checkpoint`)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from modscope.atomic import atomic_path
+from modscope import checkpoint
 
 __all__ = ["CHECKPOINT_FORMAT", "load_checkpoint", "save_checkpoint"]
 
@@ -16,29 +14,9 @@ CHECKPOINT_FORMAT = "modscope.training.checkpoint/1"
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """``torch.save`` ``state`` (tensors and plain containers only) to ``path`` atomically."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            torch.save({"format": CHECKPOINT_FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-    return path
+    return checkpoint.save_checkpoint(path, state, format=CHECKPOINT_FORMAT)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The state saved at ``path``; ``None`` when there is no file. Read with ``weights_only=True``.
-
-    Raises:
-        ValueError: an unreadable file or one that is not a modscope training checkpoint.
-    """
-    path = Path(path)
-    if not path.exists():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several unrelated types for a corrupt or foreign file
-        raise ValueError(f"training checkpoint '{path}' cannot be read: {exc}") from exc
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"'{path}' is not a modscope training checkpoint ({CHECKPOINT_FORMAT})")
-    return state
+    """The state saved at ``path`` (``None`` when there is no file); ``ValueError`` if it is not one."""
+    return checkpoint.load_checkpoint(path, format=CHECKPOINT_FORMAT)
