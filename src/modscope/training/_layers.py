@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from modscope.graph.layer import check_channel_norm
+
 WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-CHANNEL_NORMS = ("l1", "l2")
 
 
 @dataclass(frozen=True)
@@ -106,11 +107,6 @@ def unit_block(layer: WeightLayer, weight: Tensor | None = None, channel_norm: s
     per_in, per_out = layer.in_units // groups, layer.out_units // groups
     blocks = [reduced[g * per_out : (g + 1) * per_out] for g in range(groups)]
     return torch.block_diag(*blocks).reshape(layer.out_units, groups * per_in)
-
-
-def check_channel_norm(channel_norm: str) -> None:
-    if channel_norm not in CHANNEL_NORMS:
-        raise ValueError(f"channel_norm must be one of {CHANNEL_NORMS}, got {channel_norm!r}")
 
 
 def reduce_weight(w: Tensor, channel_norm: str = "l1") -> Tensor:
