@@ -10,15 +10,20 @@ from modscope.masks.sampling import (
     hard_gumbel_sigmoid,
     logistic_noise,
     masked_weights,
-    uniform_bits,
+    noise_bits,
+    noise_keys,
 )
+
+
+def keys_for(n_tasks, samples, g):
+    return noise_keys(n_tasks * samples, g).view(n_tasks, samples, 2)
 
 
 def test_keep_frequency_matches_sigmoid_of_logit():
     logits = torch.linspace(-4, 4, 9).unsqueeze(0)  # (T=1, N=9)
     samples = 20_000
-    bits = uniform_bits((1, samples, 9), torch.Generator().manual_seed(1))
-    kept = masked_weights(logits, bits, torch.ones(9)).mean(1)[0]
+    keys = keys_for(1, samples, torch.Generator().manual_seed(1))
+    kept = masked_weights(logits, keys, torch.ones(9)).mean(1)[0]
     expected = torch.sigmoid(logits[0])
     sd = (expected * (1 - expected) / samples).sqrt()
     assert torch.all((kept - expected).abs() < 5 * sd + 1e-4), (kept, expected)
@@ -36,10 +41,11 @@ def test_reference_sampler_keep_frequency_and_values():
 def test_fused_sampler_equals_reference_forward_and_gradient():
     g = torch.Generator().manual_seed(3)
     logits = (torch.randn(2, 500, generator=g) * 3).requires_grad_(True)
-    bits = uniform_bits((2, 4, 500), g)
+    keys = keys_for(2, 4, g)
+    bits = noise_bits(keys, 500)
     weight = torch.randn(500, generator=g)
     upstream = torch.randn(2, 4, 500, generator=g)
-    out = masked_weights(logits, bits, weight)
+    out = masked_weights(logits, keys, weight)
     (grad,) = torch.autograd.grad(out, logits, upstream)
 
     ref_logits = logits.detach().double().requires_grad_(True)
@@ -60,20 +66,70 @@ def test_straight_through_gradient_is_the_soft_sigmoids():
     assert torch.allclose(logits.grad, soft * (1 - soft))
 
 
-def test_uniform_bits_are_seeded_and_cover_the_range():
-    a = uniform_bits((3, 1000), torch.Generator().manual_seed(5))
-    b = uniform_bits((3, 1000), torch.Generator().manual_seed(5))
-    c = uniform_bits((3, 1000), torch.Generator().manual_seed(6))
-    assert a.dtype == torch.int16 and torch.equal(a, b) and not torch.equal(a, c)
+def test_noise_is_seeded_and_covers_the_range():
+    a = noise_bits(noise_keys(3, torch.Generator().manual_seed(5)), 1000)
+    b = noise_bits(noise_keys(3, torch.Generator().manual_seed(5)), 1000)
+    c = noise_bits(noise_keys(3, torch.Generator().manual_seed(6)), 1000)
+    assert a.shape == (3, 1000) and torch.equal(a, b) and not torch.equal(a, c)
+    assert int(a.min()) >= -32768 and int(a.max()) <= 32767
     u = bits_to_uniform(a)
     assert 0 < float(u.min()) and float(u.max()) < 1
     assert math.isclose(float(u.mean()), 0.5, abs_tol=0.02)
 
 
+def _chi2_uniform(values, bins):
+    counts = torch.bincount(values, minlength=bins).double()
+    expected = values.numel() / bins
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+def test_noise_bits_are_uniform_and_independent_across_samples_and_steps():
+    """Chi-square tests of the counter-based generator: the bits of each sample (high and low byte), pairs of
+    samples of one step (joint histogram of the top 4 bits) and the same sample index on consecutive steps
+    (drawn from the same generator, like training does)."""
+    g = torch.Generator().manual_seed(11)
+    n = 1 << 16
+    keys = noise_keys(8, g)
+    bits = noise_bits(keys, n) + 32768  # (8, n) in [0, 65536)
+    # df = bins - 1; a bound of df + 6 sqrt(2 df) fails a correct generator with probability about 1e-8
+    for row in bits:
+        assert _chi2_uniform(row >> 8, 256) < 255 + 6 * math.sqrt(2 * 255)
+        assert _chi2_uniform(row & 255, 256) < 255 + 6 * math.sqrt(2 * 255)
+    for a, b in [(0, 1), (2, 7), (3, 4)]:
+        joint = (bits[a] >> 12) * 16 + (bits[b] >> 12)
+        assert _chi2_uniform(joint, 256) < 255 + 6 * math.sqrt(2 * 255)
+    nxt = noise_bits(noise_keys(8, g), n) + 32768  # the next step of the same generator
+    for s in range(8):
+        joint = (bits[s] >> 12) * 16 + (nxt[s] >> 12)
+        assert _chi2_uniform(joint, 256) < 255 + 6 * math.sqrt(2 * 255)
+    # adjacent indices of one sample are not correlated either
+    joint = (bits[0, :-1] >> 12) * 16 + (bits[0, 1:] >> 12)
+    assert _chi2_uniform(joint, 256) < 255 + 6 * math.sqrt(2 * 255)
+
+
+def test_noise_bits_differ_across_tasks():
+    from modscope.masks.train import task_seed
+
+    n = 1 << 16
+    bits = [
+        noise_bits(noise_keys(4, torch.Generator().manual_seed(task_seed(0, t))), n) + 32768
+        for t in ("add", "mul")
+    ]
+    for s in range(4):
+        joint = (bits[0][s] >> 12) * 16 + (bits[1][s] >> 12)
+        assert _chi2_uniform(joint, 256) < 255 + 6 * math.sqrt(2 * 255)
+
+
+def test_noise_bits_of_a_slice_equal_the_slice_of_the_bits():
+    keys = noise_keys(3, torch.Generator().manual_seed(2))
+    full = noise_bits(keys, 1000)
+    assert torch.equal(noise_bits(keys, 300, start=700), full[:, 700:])
+
+
 @pytest.mark.parametrize("logit", [-30.0, 30.0])
 def test_extreme_logits_are_deterministic(logit):
-    bits = uniform_bits((1, 2000, 1), torch.Generator().manual_seed(0))
-    kept = masked_weights(torch.tensor([[logit]]), bits, torch.ones(1))
+    keys = keys_for(1, 2000, torch.Generator().manual_seed(0))
+    kept = masked_weights(torch.tensor([[logit]]), keys, torch.ones(1))
     assert torch.all(kept == (1.0 if logit > 0 else 0.0))
 
 
@@ -98,14 +154,15 @@ def test_fast_path_matches_reference_through_a_layer(monkeypatch, compiled, laye
     n_tasks, samples = 2, 3
     weight = sampling.to_flat(module.weight.detach(), shape)
     logits = (torch.randn(n_tasks, weight.numel(), generator=g) * 2).requires_grad_(True)
-    bits = uniform_bits((n_tasks, samples, weight.numel()), g)
+    keys = keys_for(n_tasks, samples, g)
+    bits = noise_bits(keys, weight.numel())
     upstream = None
 
     def run(w):
         flat_w = w.reshape(n_tasks * samples, *shape)
         return vmap(lambda wi, xi: functional_call(module, {"weight": wi}, (xi,)))(flat_w, x)
 
-    (sampled,) = sampling.masked_weight_list(logits, bits, weight, [shape])
+    (sampled,) = sampling.masked_weight_list(logits, keys, weight, [shape])
     out = run(sampled)
     upstream = torch.randn(out.shape, generator=g)
     (grad,) = torch.autograd.grad(out, logits, upstream)
@@ -132,6 +189,6 @@ def test_flat_layout_round_trip_and_nonfinite_weights_dropped_exactly():
         flat = sampling.to_flat(src, shape)
         assert torch.equal(sampling.from_flat(flat, shape), src)
     weight = torch.tensor([float("inf"), float("nan"), 1.0])
-    bits = torch.full((1, 1, 3), -32768, dtype=torch.int16)  # u close to 0: every weight dropped
-    out = sampling.masked_weights(torch.zeros(1, 3), bits, weight)
+    keys = keys_for(1, 1, torch.Generator().manual_seed(0))
+    out = sampling.masked_weights(torch.full((1, 3), -30.0), keys, weight)  # every weight dropped
     assert torch.equal(out, torch.zeros(1, 1, 3))

@@ -14,19 +14,20 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = [
     "bits_to_uniform",
+    "count_kept",
     "from_flat",
     "hard_gumbel_sigmoid",
     "logistic_noise",
     "masked_weight_list",
     "masked_weights",
+    "noise_bits",
+    "noise_keys",
     "to_flat",
-    "uniform_bits",
 ]
 
 log = logging.getLogger(__name__)
@@ -62,47 +63,90 @@ def hard_gumbel_sigmoid(logits: Tensor, noise: Tensor) -> Tensor:
     return hard + (soft - soft.detach())
 
 
-def uniform_bits(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
-    """``int16`` uniform random integers of ``shape``; ``u = (bits + 32768.5) / 65536`` is uniform on (0, 1).
+# Counter-based noise: the 16 random bits of weight ``i`` in one sample are a hash of ``i`` under the
+# sample's key ``(a, b)`` (``a`` odd): ``x = a * i + b`` (a different bijection of the indices per sample),
+# then two xor-shift / multiply rounds (those of Wellons' "lowbias32"), and the top 16 bits. Computed inside
+# the kernels in int32 arithmetic (wrapping, vectorized by the compiler), so no noise tensor is drawn or
+# stored: the forward and the backward pass recompute the same bits from the keys. Each step draws fresh keys
+# from the task's generator (:func:`noise_keys`).
+_M1 = 0x7FEB352D
+_M2 = 0x846CA68B - (1 << 32)
 
-    Drawing fresh noise for every sample of every weight each step dominates a mask step on CPU, so the bits
-    come from numpy's SFC64 (about 5x faster than torch's Mersenne twister), seeded from ``generator``: the
-    torch generator stays the single, checkpointable source of randomness. 16 bits resolve keep probabilities
-    to 2**-16 and make logits beyond +-11 deterministic, far below the sampling error of any mask statistic.
+
+def noise_keys(samples: int, generator: torch.Generator) -> Tensor:
+    """``(samples, 2)`` int32 keys ``(a, b)`` (``a`` odd) of one step's noise, drawn from ``generator``.
+
+    The torch generator stays the single, checkpointable source of randomness: the noise of a step is a
+    function of the generator's state alone.
     """
-    n = math.prod(shape)
-    seed = int(torch.randint(0, 2**62, (), generator=generator))
-    raw = np.random.SFC64(seed).random_raw((n + 3) // 4)
-    return torch.from_numpy(raw.view(np.int16)[:n]).view(shape)
+    keys = torch.randint(-(2**31), 2**31, (samples, 2), generator=generator, dtype=torch.int64)
+    keys[:, 0] |= 1
+    return keys.to(torch.int32)
+
+
+def _shift_keys(keys: Tensor, start: int) -> Tensor:
+    """Keys whose index 0 is index ``start`` of ``keys`` (``b + a * start`` modulo 2**32)."""
+    if start == 0:
+        return keys
+    k = keys.to(torch.int64)
+    b = (k[..., 1] + k[..., 0] * start + 2**31) % 2**32 - 2**31
+    return torch.stack([k[..., 0], b], dim=-1).to(torch.int32)
+
+
+def _bits(keys: Tensor, n: int) -> Tensor:
+    """``(..., n)`` int32 bits in ``[-32768, 32767]`` for ``(..., 2)`` keys and indices ``0 .. n-1``."""
+    i = torch.arange(n, dtype=torch.int32, device=keys.device)
+    x = i * keys[..., 0:1] + keys[..., 1:2]
+    x = x ^ ((x >> 16) & 0xFFFF)
+    x = x * _M1
+    x = x ^ ((x >> 15) & 0x1FFFF)
+    x = x * _M2
+    return x >> 16
+
+
+def noise_bits(keys: Tensor, n: int, start: int = 0) -> Tensor:
+    """The bits the kernels compute: ``(..., n)`` int32 in ``[-32768, 32767]`` for ``(..., 2)`` keys, indices
+    ``start .. start+n-1``; ``u = (bits + 32768.5) / 65536`` is uniform on (0, 1) (see
+    :func:`bits_to_uniform`). 16 bits resolve keep probabilities to 2**-16 and make logits beyond +-11
+    deterministic, far below the sampling error of any mask statistic."""
+    if keys.numel() and n + start > 2**31:
+        raise ValueError(f"at most 2**31 masked weights, got {n + start}")
+    return _bits(_shift_keys(keys, start), n)
 
 
 def bits_to_uniform(bits: Tensor) -> Tensor:
-    """The uniform variates (float32, in (0, 1)) that :func:`uniform_bits` stands for."""
+    """The uniform variates (float32, in (0, 1)) that the bits of :func:`noise_bits` stand for."""
     return (bits.to(torch.float32) + 32768.5) / 65536.0
 
 
 def _threshold(logits: Tensor) -> Tensor:
-    """Per-logit int32 threshold: a sample keeps a weight iff ``bits > threshold`` (see :func:`_keep`)."""
-    # keep iff u = (bits + 32768.5) / 65536 > q = sigmoid(-logit)  <=>  bits > floor(65536 q - 32768.5)
-    return torch.floor(torch.sigmoid(-logits) * 65536.0 - 32768.5).to(torch.int32)
+    """Per-logit threshold: a sample keeps a weight iff ``bits > threshold`` (see :func:`_keep`)."""
+    # keep iff u = (bits + 32768.5) / 65536 > q = sigmoid(-logit)  <=>  bits > 65536 q - 32768.5
+    return torch.sigmoid(-logits) * 65536.0 - 32768.5
 
 
-def _keep(bits: Tensor, threshold: Tensor, weight: Tensor) -> Tensor:
-    """``weight * (bits > threshold)``: ``(T, S, n)`` bits, ``(T, 1, n)`` thresholds, ``(n,)`` finite weights.
+def _keep(keys: Tensor, logits: Tensor, weight: Tensor) -> Tensor:
+    """``weight * (bits > threshold(logits))``: ``(T, S, 2)`` keys, ``(T, 1, n)`` logits, ``(n,)`` finite
+    weights.
 
     A product, not ``where``: compiled, it vectorizes (``where`` does not, 6x slower); non-finite weights go
-    to :func:`_keep_where`, so a dropped entry is exactly 0 either way.
+    to :func:`_keep_where`, so a dropped entry is exactly 0 either way. The threshold is recomputed per sample
+    inside the kernel: the kernel is bound by writing its output, and a separate pass would cost more.
     """
-    return weight * (bits > threshold)
+    threshold = _threshold(logits)
+    return weight * (_bits(keys, weight.shape[0]) > threshold)
 
 
-def _keep_where(bits: Tensor, threshold: Tensor, weight: Tensor) -> Tensor:
-    return torch.where(bits > threshold, weight, torch.zeros((), dtype=weight.dtype))
+def _keep_where(keys: Tensor, logits: Tensor, weight: Tensor) -> Tensor:
+    threshold = _threshold(logits)
+    keep = _bits(keys, weight.shape[0]) > threshold
+    return torch.where(keep, weight, torch.zeros((), dtype=weight.dtype))
 
 
-def _soft_grad(bits: Tensor, logits: Tensor, grad: Tensor, weight: Tensor) -> Tensor:
-    """``sum_s grad[:, s] * weight * sigmoid'(logit + logit(u_s))`` for ``(T, S, n)`` bits and grad,
-    ``(T, n)`` logits and ``(n,)`` weights; returns ``(T, n)``. With ``p = sigmoid(logit)``, ``q = 1 - p``:
+def _soft_grad(keys: Tensor, logits: Tensor, grad: Tensor, weight: Tensor) -> Tensor:
+    """``sum_s grad[:, s] * weight * sigmoid'(logit + logit(u_s))`` for ``(T, S, 2)`` keys, ``(T, S, n)``
+    grad, ``(T, n)`` logits and ``(n,)`` weights; returns ``(T, n)``. With ``p = sigmoid(logit)``,
+    ``q = 1 - p``:
 
     In units of 1/K (K = 65536) with w = bits + 0.5, so u = 1/2 + w/K:
     u (1 - u) = (K^2/4 - w^2) / K^2 and q + u (p - q) = (K/2 + w (p - q)) / K, hence
@@ -112,34 +156,40 @@ def _soft_grad(bits: Tensor, logits: Tensor, grad: Tensor, weight: Tensor) -> Te
     # dimension is not vectorized, while each term (contiguous in n) is.
     p = torch.sigmoid(logits)
     d = 2.0 * p - 1.0
+    n = weight.shape[0]
     acc = None
-    for s in range(bits.shape[1]):
-        w = bits[:, s].to(grad.dtype) + 0.5
+    for s in range(keys.shape[1]):
+        w = _bits(keys[:, s], n).to(grad.dtype) + 0.5
         denom = w * d + 32768.0
         term = (1073741824.0 - w * w) * grad[:, s] / (denom * denom)
         acc = term if acc is None else acc + term
     return acc * (p * (1.0 - p) * weight)
 
 
-# The two kernels above touch T * S * N elements each (every weight of every sample) and dominate a mask step
+def _count_kept(logits: Tensor) -> Tensor:
+    return (logits > 0).sum(-1, dtype=torch.int64 if logits.shape[-1] >= 2**31 else torch.int32)
+
+
+# The kernels above touch T * S * N elements each (every weight of every sample) and dominate a mask step
 # on CPU when run op by op: each eager op is a pass over memory. torch.compile fuses each into one loop; when
 # it cannot (no C++ compiler, an unsupported device or dtype), the eager functions give the same numbers.
 _kernels: dict[str, Any] = {
-    "threshold": _threshold,
     "keep": _keep,
     "keep_where": _keep_where,
     "soft_grad": _soft_grad,
+    "count_kept": _count_kept,
 }
 _compiled: dict[str, Any] = {}
 _COMPILE = os.environ.get("MODSCOPE_COMPILE", "1") not in ("0", "false", "no", "")
 
 
 # Below this many elements the eager ops are fast enough and compiling (seconds, once) would not pay off.
-_COMPILE_MIN_ELEMENTS = 1 << 18
+_COMPILE_MIN_ELEMENTS = 1 << 16
 
 
-def _run(name: str, *args: Tensor) -> Tensor:
-    if not _COMPILE or args[0].numel() < _COMPILE_MIN_ELEMENTS:
+def _run(name: str, size: int, *args: Tensor) -> Tensor:
+    """Kernel ``name`` on ``args``; compiled when it touches ``size >= _COMPILE_MIN_ELEMENTS`` elements."""
+    if not _COMPILE or size < _COMPILE_MIN_ELEMENTS:
         return _kernels[name](*args)
     if name not in _compiled:
         try:
@@ -154,6 +204,12 @@ def _run(name: str, *args: Tensor) -> Tensor:
             log.warning("torch.compile of the mask kernel %r failed (%s); using eager ops", name, exc)
             _compiled[name] = None
     return _kernels[name](*args)
+
+
+def count_kept(logits: Tensor) -> Tensor:
+    """Per row of ``(T, N)`` logits, how many are kept by the read-out ``logit > 0`` (a compiled reduction:
+    the eager ``(logits > 0).float().mean(1)`` costs several passes over the logits)."""
+    return _run("count_kept", logits.numel(), logits.detach())
 
 
 def _is_transposed(shape: tuple[int, ...]) -> bool:
@@ -186,41 +242,44 @@ class _MaskedWeights(torch.autograd.Function):
 
     With ``p = sigmoid(logit)``, ``q = 1 - p``: a sample keeps a weight iff ``u > q`` (integer compare of the
     bits against a per-logit threshold), and the soft sample's derivative is
-    ``sigmoid'(logit + logit(u)) = u (1 - u) p q / (q + u (p - q))**2``; both passes read the int16 bits
-    alone. One output per parameter (``(T, S, *shape)`` in the layout of :func:`to_flat`), so neither a split
-    nor its backward concatenation of ``T * S * N`` gradients, nor a copy of a transposed gradient, is needed.
+    ``sigmoid'(logit + logit(u)) = u (1 - u) p q / (q + u (p - q))**2``; both passes recompute the 16 bits
+    from the keys (:func:`noise_bits`), so nothing of size ``T * S * N`` besides the outputs is stored. One
+    output per parameter (``(T, S, *shape)`` in the layout of :func:`to_flat`), so neither a split nor its
+    backward concatenation of ``T * S * N`` gradients, nor a copy of a transposed gradient, is needed.
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
         logits: Tensor,
-        bits: Tensor,
+        keys: Tensor,
         weight: Tensor,
         shapes: tuple[tuple[int, ...], ...],
         finite: bool | None,
     ):
-        threshold = _run("threshold", logits.detach()).unsqueeze(1)
+        lg = logits.detach().unsqueeze(1)
         if finite is None:
             finite = bool(torch.isfinite(weight).all())
         keep = "keep" if finite else "keep_where"
         outs, start = [], 0
         for shape in shapes:
             end = start + math.prod(shape)
-            out = _run(keep, bits[..., start:end], threshold[..., start:end], weight[start:end])
+            k = _shift_keys(keys, start)
+            size = k.shape[0] * k.shape[1] * (end - start)
+            out = _run(keep, size, k, lg[..., start:end], weight[start:end])
             outs.append(from_flat(out, shape))
             start = end
         return tuple(outs)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
-        logits, bits, weight, shapes, _ = inputs
-        ctx.save_for_backward(logits, bits, weight)
+        logits, keys, weight, shapes, _ = inputs
+        ctx.save_for_backward(logits, keys, weight)
         ctx.shapes = shapes
 
     @staticmethod
     def backward(ctx, *grads: Tensor):  # type: ignore[override]
-        logits, bits, weight = ctx.saved_tensors
-        n_tasks = bits.shape[0]
+        logits, keys, weight = ctx.saved_tensors
+        n_tasks = keys.shape[0]
         lg = logits.detach()
         parts, start = [], 0
         for shape, grad in zip(ctx.shapes, grads, strict=True):
@@ -229,41 +288,44 @@ class _MaskedWeights(torch.autograd.Function):
                 parts.append(torch.zeros(n_tasks, end - start, dtype=logits.dtype, device=logits.device))
             else:
                 g = to_flat(grad, shape)
-                parts.append(
-                    _run("soft_grad", bits[..., start:end], lg[..., start:end], g, weight[start:end])
-                )
+                k = _shift_keys(keys, start)
+                size = g.numel()
+                parts.append(_run("soft_grad", size, k, lg[..., start:end], g, weight[start:end]))
             start = end
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0], None, None, None, None
 
 
 def masked_weight_list(
     logits: Tensor,
-    bits: Tensor,
+    keys: Tensor,
     weight: Tensor,
     shapes: Sequence[tuple[int, ...]],
     finite: bool | None = None,
 ) -> tuple[Tensor, ...]:
     """:func:`masked_weights` cut into parameters: one ``(T, S, *shape)`` tensor per entry of ``shapes``
-    (whose sizes add up to ``N``, in order), each parameter's slice of ``logits``, ``bits`` and ``weight``
+    (whose sizes add up to ``N``, in order), each parameter's slice of ``logits``, the noise and ``weight``
     in the layout of :func:`to_flat` (2-d parameters transposed). ``finite``: whether all weights are finite
     (checked when None; a caller reusing ``weight`` passes it once known)."""
     shapes = tuple(tuple(s) for s in shapes)
     if sum(math.prod(s) for s in shapes) != weight.numel():
         raise ValueError(f"shapes {shapes} do not add up to {weight.numel()} weights")
-    return _MaskedWeights.apply(logits, bits, weight, shapes, finite)
+    if weight.numel() > 2**31:
+        raise ValueError(f"at most 2**31 masked weights, got {weight.numel()}")
+    return _MaskedWeights.apply(logits, keys, weight, shapes, finite)
 
 
-def masked_weights(logits: Tensor, bits: Tensor, weight: Tensor) -> Tensor:
+def masked_weights(logits: Tensor, keys: Tensor, weight: Tensor) -> Tensor:
     """Sampled masked weights for every task and sample at once.
 
     Args:
         logits: ``(T, N)`` mask logits, one row per task, ``N`` = all masked scalars concatenated.
-        bits: ``(T, S, N)`` int16 noise from :func:`uniform_bits` (``u = (bits + 32768.5) / 65536``), one
-            slice per sample; equivalent to logistic noise ``logit(u)`` in :func:`hard_gumbel_sigmoid`.
+        keys: ``(T, S, 2)`` int32 noise keys (:func:`noise_keys`), one per task and sample; sample ``(t, s)``
+            uses ``u = bits_to_uniform(noise_bits(keys[t, s], N))``, equivalent to logistic noise
+            ``logit(u)`` in :func:`hard_gumbel_sigmoid`.
         weight: ``(N,)`` the frozen weights, concatenated in the same order.
 
     Returns:
         ``(T, S, N)`` weights with the dropped entries zeroed; gradients flow to ``logits`` only, equal to
         those of ``weight * sigmoid(logits + logit(u))`` (straight-through).
     """
-    return masked_weight_list(logits, bits, weight, [(weight.numel(),)])[0]
+    return masked_weight_list(logits, keys, weight, [(weight.numel(),)])[0]

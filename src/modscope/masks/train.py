@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from modscope.checkpoint import load_checkpoint, save_checkpoint
 from modscope.masks.forward import grouped_forward, vmap_supported
 from modscope.masks.maskset import MaskSet, model_fingerprint
-from modscope.masks.sampling import from_flat, masked_weight_list, to_flat, uniform_bits
+from modscope.masks.sampling import count_kept, from_flat, masked_weight_list, noise_keys, to_flat
 from modscope.masks.selection import Include, select_parameters
 
 __all__ = ["Progress", "train_masks"]
@@ -228,6 +228,9 @@ def train_masks(
         "max_grad_norm": max_grad_norm,
         "fingerprint": fingerprint,
         "layout": "flat-2d-transposed",
+        # the noise generator (sampling.noise_keys / noise_bits); a checkpoint of another generator would
+        # resume with different noise, so it is rejected as another run
+        "noise": "hash32-v1",
     }
 
     generators = [torch.Generator().manual_seed(task_seed(seed, t)) for t in task_names]
@@ -277,8 +280,8 @@ def train_masks(
             format=CHECKPOINT_FORMAT,
         )
 
-    def loss_of(batches: list[tuple[tuple[Tensor, ...], Tensor]], bits: Tensor, how: str):
-        substituted = dict(zip(names, masked_weight_list(logits, bits, weight, shapes, finite), strict=True))
+    def loss_of(batches: list[tuple[tuple[Tensor, ...], Tensor]], keys: Tensor, how: str):
+        substituted = dict(zip(names, masked_weight_list(logits, keys, weight, shapes, finite), strict=True))
         outputs = grouped_forward(model, substituted, [args for args, _ in batches], samples, how)
         task_losses = []
         for t, (out, (_, targets)) in enumerate(zip(outputs, batches, strict=True)):
@@ -289,9 +292,7 @@ def train_masks(
                 )
             task_losses.append(loss.reshape(()))
         task_losses = torch.stack(task_losses)
-        batch_sizes = torch.tensor([len(tg) for _, tg in batches], dtype=dtype, device=device)
-        total = task_losses.sum() + (beta * logits.sum(1) / batch_sizes).sum()
-        return total, task_losses.detach()
+        return task_losses.sum(), task_losses.detach()
 
     with frozen(model):
         for step in range(start, steps):
@@ -299,20 +300,24 @@ def train_masks(
             for stream in streams:
                 args, targets = next(stream)
                 batches.append((tuple(a.to(device) for a in args), targets.to(device)))
-            drawn = [uniform_bits((samples, n_weights), g) for g in generators]
-            bits = (drawn[0].unsqueeze(0) if n_tasks == 1 else torch.stack(drawn)).to(device)
+            keys = torch.stack([noise_keys(samples, g) for g in generators]).to(device)
             if method == "auto" and step == start and use == "vmap":
                 try:
-                    total, task_losses = loss_of(batches, bits, "vmap")
+                    total, task_losses = loss_of(batches, keys, "vmap")
                     (grad,) = torch.autograd.grad(total, logits)
                 except (RuntimeError, NotImplementedError) as exc:
                     log.warning("vmap failed on %s (%s); using the per-group loop", type(model).__name__, exc)
                     use = "loop"
-                    total, task_losses = loss_of(batches, bits, "loop")
+                    total, task_losses = loss_of(batches, keys, "loop")
                     (grad,) = torch.autograd.grad(total, logits)
             else:
-                total, task_losses = loss_of(batches, bits, use)
+                total, task_losses = loss_of(batches, keys, use)
                 (grad,) = torch.autograd.grad(total, logits)
+            # the sparsity term beta * sum(logits_t) / B_t has the constant gradient beta / B_t: added here,
+            # not through autograd (which would sum the logits and add a (T, N) gradient in two more passes)
+            if beta:
+                batch_sizes = torch.tensor([len(tg) for _, tg in batches], dtype=dtype, device=device)
+                grad.add_((beta / batch_sizes).unsqueeze(1))
             values = task_losses.tolist()
             bad = [(t, v) for t, v in zip(task_names, values, strict=True) if not math.isfinite(v)]
             if bad:
@@ -331,7 +336,7 @@ def train_masks(
             if checkpoint is not None and (done % checkpoint_every == 0 or done == steps):
                 save(done)
             if progress is not None:
-                kept = (logits.detach() > 0).to(dtype).mean(1).tolist()
+                kept = [c / n_weights for c in count_kept(logits).tolist()]
                 progress(
                     done,
                     steps,
@@ -352,7 +357,9 @@ def train_masks(
         for i, t in enumerate(task_names)
     }
     hparams = {
-        k: v for k, v in config.items() if k not in ("tasks", "params", "shapes", "fingerprint", "layout")
+        k: v
+        for k, v in config.items()
+        if k not in ("tasks", "params", "shapes", "fingerprint", "layout", "noise")
     }
     hparams.update(steps=steps, method=use)
     return MaskSet.from_logits(per_task, hparams=hparams, fingerprint=fingerprint)
