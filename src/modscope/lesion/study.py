@@ -208,6 +208,8 @@ def lesion_pairs(
     seed: int = 0,
 ) -> tuple[PairLesion, ...]:
     """Double lesions of every pair of ``"important"`` modules of ``study``, tested for interaction."""
+    if n_random < 1:
+        raise ValueError(f"n_random must be at least 1, got {n_random}")
     n_classes = len(study.class_accuracy)
     base = np.asarray(study.class_accuracy)
     rng = np.random.default_rng(seed)
