@@ -305,4 +305,15 @@ def test_null_graphs_are_the_shuffles_clusterability_scores(planted_graph):
     for g in nulls:
         for before, after in zip(planted_graph.blocks, g.blocks):
             np.testing.assert_array_equal(np.sort(before, axis=None), np.sort(after, axis=None))
-    assert r.null_ncuts.shape == (3,)
+    # each null graph, clustered with its shuffle's seed, gives exactly the n-cut clusterability reported
+    from threadpoolctl import threadpool_limits
+
+    from modscope.cluster.affinity import Affinity
+    from modscope.cluster.clusterability import _child, _seeds
+    from modscope.cluster.spectral import partition_affinity
+
+    with threadpool_limits(limits=1):
+        redone = [
+            partition_affinity(Affinity(g), 3, seed=_child(s, 1)).ncut for g, s in zip(nulls, _seeds(9, 3)[1])
+        ]
+    assert redone == r.null_ncuts.tolist()
