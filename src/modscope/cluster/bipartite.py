@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.linalg
-import scipy.sparse.linalg as sla
 
 from modscope.cluster.affinity import Affinity
+from modscope.cluster.eigen import top_eigenpairs
 
 
 def eigenproblem_size(aff: Affinity) -> int:
@@ -107,22 +107,8 @@ def layered_eigenpairs(
     if solver == "dense":
         w, v = scipy.linalg.eigh(gram.dense(), subset_by_index=[n - k, n - 1], check_finite=False)
     else:
-        op = sla.LinearOperator((n, n), matvec=gram.matmat, matmat=gram.matmat, dtype=np.float64)
-        if solver == "lanczos":
-            ncv = min(n - 1, max(2 * k + 1, 40))
-            w, v = sla.eigsh(op, k=k, which="LA", v0=rng.uniform(-1.0, 1.0, n), ncv=ncv, tol=tol)
-        else:
-            w, v = lobpcg_largest(op, rng.standard_normal((n, k)), tol)
+        w, v = top_eigenpairs(gram.matmat, n, k, solver, rng, tol)
     if w.min() <= 1e-12 * max(w.max(), 1e-300):
         return None
     sigma = np.sqrt(w)
     return sigma, gram.eigenvectors_of_s(v, sigma)
-
-
-def lobpcg_largest(op, x0: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
-    import warnings
-
-    with warnings.catch_warnings():
-        # LOBPCG warns when the last digits of its tolerance are not met; k-means does not need them.
-        warnings.simplefilter("ignore", UserWarning)
-        return sla.lobpcg(op, x0, largest=True, tol=tol, maxiter=300)

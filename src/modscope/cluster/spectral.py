@@ -13,17 +13,17 @@ minimized), not the lowest inertia, and no shift-invert factorization is ever fo
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import scipy.linalg
-import scipy.sparse.linalg as sla
 import sklearn
 from sklearn.cluster import KMeans
 
 from modscope.cluster.affinity import Affinity
-from modscope.cluster.bipartite import eigenproblem_size, layered_eigenpairs, lobpcg_largest
+from modscope.cluster.bipartite import eigenproblem_size, layered_eigenpairs
+from modscope.cluster.eigen import top_eigenpairs
 from modscope.cluster.ncut import cluster_stats
 
 SOLVERS = ("auto", "dense", "lanczos", "lobpcg")
@@ -63,7 +63,7 @@ class Partition:
     cuts: np.ndarray
     volumes: np.ndarray
     eigenvalues: np.ndarray
-    solver: str = field(default="dense")
+    solver: str
 
     def to_dict(self) -> dict[str, Any]:
         return {key: (v.tolist() if isinstance(v, np.ndarray) else v) for key, v in asdict(self).items()}
@@ -126,15 +126,11 @@ def spectral_embedding(
             d = dinv if x.ndim == 1 else dinv[:, None]
             return d * aff.matmat(d * x)
 
-        n = aff.n
-        op = sla.LinearOperator((n, n), matvec=apply, matmat=apply, dtype=np.float64)
-        if solver == "lanczos":
-            ncv = min(n - 1, max(2 * k + 1, 40))
-            vals, vecs = sla.eigsh(op, k=k, which="LA", v0=rng.uniform(-1.0, 1.0, n), ncv=ncv, tol=tol)
-        else:
-            x0 = rng.standard_normal((n, k))
+        x0 = None
+        if solver == "lobpcg":
+            x0 = rng.standard_normal((aff.n, k))
             x0[:, 0] = np.sqrt(aff.degrees)  # the trivial eigenvector, known exactly
-            vals, vecs = lobpcg_largest(op, x0, tol)
+        vals, vecs = top_eigenpairs(apply, aff.n, k, solver, rng, tol, x0)
     order = np.argsort(vals)[::-1]
     return vecs[:, order] * dinv[:, None], vals[order]
 
