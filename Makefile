@@ -11,7 +11,7 @@ data:
 	@bash scripts/get-data.sh
 
 demo: setup
-	$(BIN)/modscope cluster mlp:784-256x4-10 --k 12 --shuffles 20 --jobs 2 --json demo-out/cluster.json --plot demo-out/graph.png
+	$(BIN)/modscope demo --out demo-out
 
 test: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -10,7 +10,13 @@ from modscope import __version__
 
 # (module, attribute) of each sub-command's ``register(subparsers)``; imported lazily so that
 # ``modscope --help`` stays fast.
-_COMMANDS = ("modscope.cli.cluster", "modscope.cli.masks", "modscope.cli.train")
+_COMMANDS = (
+    "modscope.cli.cluster",
+    "modscope.cli.masks",
+    "modscope.cli.train",
+    "modscope.cli.reproduce",
+    "modscope.cli.report",
+)
 
 
 class CLIError(Exception):

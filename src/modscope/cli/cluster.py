@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from modscope.atomic import write_json_atomic
+from modscope.versions import versions
 
 JSON_FORMAT = "modscope.cluster/1"
 
@@ -240,24 +240,6 @@ def verdict_line(result: Any, alpha: float = 0.05) -> str:
         "no more clusterable than its shuffled versions: n-cut at or above the shuffles' mean "
         f"(p = {result.p_value:.3g})."
     )
-
-
-def versions() -> dict[str, str]:
-    import numpy
-    import scipy
-    import sklearn
-    import torch
-
-    from modscope import __version__
-
-    return {
-        "modscope": __version__,
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "scipy": scipy.__version__,
-        "sklearn": sklearn.__version__,
-        "python": platform.python_version(),
-    }
 
 
 @contextmanager

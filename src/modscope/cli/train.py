@@ -13,9 +13,8 @@ read it without unpickling anything.
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+
+from modscope.cli.progress import bars
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -56,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from modscope.training import save_trained
     from modscope.training.recipes import run_recipe
 
-    with _bars(disable=args.no_progress) as progress:
+    with bars(disable=args.no_progress) as progress:
         model, spec, results, config = run_recipe(
             args.recipe, dataset=args.dataset, dropout=args.dropout, prune=args.prune, l1=args.l1,
             l2=args.l2, clusterable=args.clusterable_init, seed=args.seed, epochs=args.epochs,
@@ -73,30 +72,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"model    {spec_to_string(spec)}")
     print(f"wrote    {args.out}")
     return 0
-
-
-@contextmanager
-def _bars(disable: bool) -> Iterator[Callable[[str, int, int, dict], None]]:
-    """One tqdm bar (with ETA) per training phase, on stderr when it is a terminal."""
-    from tqdm import tqdm
-
-    off = disable or not sys.stderr.isatty()
-    bars: dict[str, tqdm] = {}
-
-    def update(phase: str, step: int, total: int, info: dict) -> None:
-        if phase not in bars:
-            for bar in bars.values():
-                bar.close()
-            bars[phase] = tqdm(
-                total=total, desc=phase, unit="step", file=sys.stderr, disable=off, leave=False
-            )
-        bar = bars[phase]
-        bar.update(step - bar.n)
-        if "loss" in info:
-            bar.set_postfix(loss=f"{info['loss']:.4f}", refresh=False)
-
-    try:
-        yield update
-    finally:
-        for bar in bars.values():
-            bar.close()

@@ -168,6 +168,7 @@ def run_recipe(
     seed: int = 0,
     epochs: int | None = None,
     steps: int | None = None,
+    spec: str | None = None,
     data_root: str | None = None,
     progress: Callable[[str, int, int, dict], None] | None = None,
     checkpoint: str | None = None,
@@ -177,8 +178,9 @@ def run_recipe(
     Returns ``(model, spec, results, config)``: the trained (and pruned) model, its spec dict, one
     :class:`TrainResult` per phase (training, then pruning when ``prune``), and the settings as JSON.
     ``epochs``/``steps`` override the recipe's length (one of them); ``progress(phase, step, total, info)``
-    is called after every update; ``checkpoint`` is a path prefix: each phase checkpoints to
-    ``{checkpoint}.{phase}.pt`` and resumes from it.
+    is called after every update; ``spec`` replaces the recipe's model spec template (same fields, e.g.
+    ``"mlp:{in}-64x4-{out}"`` for a smaller network); ``checkpoint`` is a path prefix: each phase
+    checkpoints to ``{checkpoint}.{phase}.pt`` and resumes from it.
     """
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose one of {sorted(RECIPES)}")
@@ -191,7 +193,12 @@ def run_recipe(
     if epochs is not None or steps is not None:
         recipe = replace(recipe, epochs=epochs, steps=steps)
     task = load_task_data(dataset, seed=seed, root=data_root)
-    spec = parse_spec(recipe.spec.format(**task.fill))
+    if spec is not None:
+        recipe = replace(recipe, spec=spec)
+    try:
+        spec = parse_spec(recipe.spec.format(**task.fill))
+    except KeyError as exc:
+        raise ValueError(f"spec {recipe.spec!r} uses {exc}, which data set {dataset!r} lacks") from None
     if dropout:
         spec = normalize_spec({**spec, "dropout": float(dropout)})
     model = build_model(spec, seed=seed)
@@ -215,6 +222,7 @@ def run_recipe(
         )  # fmt: skip
     config = {
         "recipe": name,
+        "spec": recipe.spec,
         "dataset": dataset,
         "dropout": dropout or 0.0,
         "prune": prune,

@@ -1,0 +1,34 @@
+"""``modscope report``: render a run's ``results.json`` as one self-contained HTML page.
+
+Example::
+
+    modscope report runs/addmul/results.json                # writes runs/addmul/report.html
+    modscope report runs/addmul/results.json --out addmul.html
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "report",
+        help="render a results.json as a self-contained HTML report",
+        description=(
+            "Write one HTML file (figures embedded, no network access needed to view it) from the "
+            "results.json of a reproduction. Prints the path written."
+        ),
+    )
+    p.add_argument("results", metavar="RESULTS", help="a results.json written by a reproduction")
+    p.add_argument(
+        "--out", metavar="PATH", help="where to write the page (default: report.html next to RESULTS)"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from modscope.report import write_report
+
+    print(write_report(args.results, args.out))
+    return 0

@@ -1,0 +1,293 @@
+"""The demo: both lenses and the lesion test on one small network, from data that ships with scikit-learn.
+
+An MLP (64 inputs, 4 hidden layers of 64 ReLU units, 10 classes) is trained on the 8x8 handwritten digits
+and pruned to 90% sparsity (Filan et al. arXiv:2103.03386's protocol, scaled down). Then:
+
+* structural lens: n-cut of its spectral partition (k clusters) against ``layer`` and ``layer_nonzero``
+  shuffles (Filan et al. §3), and lesions of the modules found (§6);
+* functional lens: one weight mask for the digits 0-4 and one for 5-9 (Csordás et al. arXiv:2010.02066),
+  with P_specialize both ways and per-layer IoU;
+* the lenses connected (SPEC §3): the share of each mask's kept weights that joins two units of the same
+  cluster, next to the same share among all weights the pruned network kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from modscope.experiments.results import RunResult, table
+from modscope.experiments.run import Run
+from modscope.versions import versions
+
+TITLE = "modscope demo: both lenses on a pruned MLP trained on scikit-learn's 8x8 digits"
+
+SETTINGS: dict[str, dict[str, Any]] = {
+    "quick": {
+        "seed": 0,
+        "hidden": "64x4",
+        "epochs": 40,
+        "k": 8,
+        "shuffles": 30,
+        "n_random": 30,
+        "mask_steps": 600,
+        "beta": 1e-3,
+        "n_jobs": 1,
+    },
+}
+
+#: P_specialize from which two masks count as specialized in the claims.
+SPECIALIZED = 0.25
+
+_GROUPS = {"0-4": range(0, 5), "5-9": range(5, 10)}
+
+
+def _train(run: Run, cfg: dict) -> dict:
+    from modscope.training import save_trained
+    from modscope.training.recipes import run_recipe
+
+    model, spec, results, config = run_recipe(
+        "clusterability-mlp", dataset="digits", spec=f"mlp:{{in}}-{cfg['hidden']}-{{out}}",
+        epochs=cfg["epochs"], prune=True, seed=cfg["seed"], checkpoint=run.checkpoint_prefix("network"),
+        progress=run.report,
+    )  # fmt: skip
+    save_trained(model, spec, run.model_path("network"), config, results[-1])
+    return {
+        "model": run.relative(run.model_path("network")),
+        "trained_accuracy": results[0].eval_accuracy,
+        "pruned_accuracy": results[-1].eval_accuracy,
+        "sparsity": results[-1].sparsity,
+    }
+
+
+def _load(run: Run):
+    from modscope.graph import WeightGraph
+    from modscope.models import load_model
+
+    model, _ = load_model(run.model_path("network"))
+    return model, WeightGraph.from_module(model)
+
+
+def _cluster(run: Run, cfg: dict) -> dict:
+    from modscope.cluster import clusterability
+
+    _, graph = _load(run)
+    out: dict[str, Any] = {}
+    for i, shuffle in enumerate(("layer", "layer_nonzero")):
+        res = clusterability(
+            graph, k=cfg["k"], n_shuffles=cfg["shuffles"], shuffle=shuffle, seed=cfg["seed"] + i,
+            n_jobs=cfg["n_jobs"], progress=lambda d, t, s=shuffle: run.report(f"{s} shuffles", d, t),
+        )  # fmt: skip
+        out[shuffle] = res.to_dict()
+    return out
+
+
+def _lesions(run: Run, cfg: dict, partition: Any, test: tuple) -> dict:
+    from modscope.lesion import lesion_modules, lesion_pairs
+
+    model, graph = _load(run)
+    study = lesion_modules(model, graph, partition, test, n_random=cfg["n_random"], seed=cfg["seed"])
+    pairs = lesion_pairs(model, graph, study, test, n_random=cfg["n_random"], seed=cfg["seed"])
+    return {"study": study.to_dict(), "pairs": [asdict(p) for p in pairs]}
+
+
+def _masks(run: Run, cfg: dict, train_set: tuple, test_set: tuple) -> dict:
+    from modscope.masks import evaluate_masks, iomin, iou, train_masks
+
+    model, _ = _load(run)
+
+    def split(data: tuple) -> dict[str, tuple]:
+        x, y = data
+        return {name: (x[torch.isin(y, torch.tensor(list(c)))], y[torch.isin(y, torch.tensor(list(c)))])
+                for name, c in _GROUPS.items()}  # fmt: skip
+
+    masks = train_masks(
+        model, split(train_set), F.cross_entropy, steps=cfg["mask_steps"], beta=cfg["beta"], batch_size=128,
+        seed=cfg["seed"], progress=lambda s, t, info: run.report("masks", s, t),
+    )  # fmt: skip
+    path = run.out / "masks.safetensors"
+    masks.save(path)
+    evals = {name: [(x, y)] for name, (x, y) in split(test_set).items()}
+    tab = evaluate_masks(model, masks, evals)
+    a, b = _GROUPS
+    return {
+        "path": run.relative(path),
+        "table": tab.to_dict(),
+        "p_specialize": {f"{a}|{b}": _p_specialize(tab, a, b), f"{b}|{a}": _p_specialize(tab, b, a)},
+        "iou": iou(masks[a], masks[b]).to_dict(),
+        "iomin": iomin(masks[a], masks[b]).to_dict(),
+        "kept": {t: masks[t].kept() for t in masks.tasks},
+        "sizes": masks[a].sizes(),
+    }
+
+
+def _p_specialize(tab: Any, a: str, b: str) -> float | None:
+    """P_specialize with chance 1/5 (five classes per half); ``None`` when the full network is not above
+    chance on both halves, where the relative drops are undefined."""
+    from modscope.masks import p_specialize
+
+    full = min(tab.score("full", None, s) for s in (a, b))
+    return p_specialize(tab, a, b, 0.2) if full > 0.2 else None
+
+
+def _inside_clusters(run: Run, labels: np.ndarray) -> dict[str, float]:
+    """Per mask, and for all weights the network kept: the share of kept weights joining two units of the
+    same cluster."""
+    from modscope.masks import MaskSet
+
+    model, graph = _load(run)
+    masks = MaskSet.load(run.out / "masks.safetensors", model)
+    off = graph.offsets
+    same = {}
+    for i, layer in enumerate(graph.layers[1:]):
+        rows, cols = labels[off[i + 1] : off[i + 2]], labels[off[i] : off[i + 1]]
+        same[f"{layer.name}.weight"] = rows[:, None] == cols[None, :]
+    params = dict(model.named_parameters())
+
+    def share(keep: dict[str, np.ndarray]) -> float:
+        inside = sum(int((keep[n] & same[n]).sum()) for n in same if n in keep)
+        total = sum(int(keep[n].sum()) for n in same if n in keep)
+        return inside / total if total else float("nan")
+
+    out = {"all kept weights": share({n: params[n].detach().numpy() != 0 for n in same})}
+    for task in masks.tasks:
+        out[f"mask {task}"] = share({n: masks[task][n].numpy() for n in masks[task]})
+    return out
+
+
+def reproduce(run: Run, config: dict) -> RunResult:
+    from modscope.cluster import ClusterabilityResult
+    from modscope.training.recipes import load_task_data
+
+    data = load_task_data("digits", seed=config["seed"])
+    steps = ("network", "clusters", "lesions", "masks")
+    run.report("demo", 0, len(steps))
+    net = run.unit("network", lambda: _train(run, config))
+    run.report("demo", 1, len(steps))
+    clusters = run.unit("clusters", lambda: _cluster(run, config))
+    layer = ClusterabilityResult.from_dict(clusters["layer"])
+    nonzero = ClusterabilityResult.from_dict(clusters["layer_nonzero"])
+    run.report("demo", 2, len(steps))
+    les = run.unit("lesions", lambda: _lesions(run, config, layer.partition, data.test))
+    run.report("demo", 3, len(steps))
+    masks = run.unit("masks", lambda: _masks(run, config, data.train, data.test))
+    run.report("demo", 4, len(steps))
+    inside = _inside_clusters(run, layer.partition.labels)
+    return _result(run, config, net, layer, nonzero, les, masks, inside)
+
+
+def _num(v: float | None) -> str:
+    return "undefined (network at chance)" if v is None else f"{v:.2f}"
+
+
+def _result(run, config, net, layer, nonzero, les, masks, inside) -> RunResult:
+    from modscope.masks import MaskEvalTable
+
+    study = les["study"]
+    modules = study["modules"]
+    names = [f"{m['layer_name']}/c{m['cluster']}" for m in modules]
+    n_important = sum(m["label"] == "important" for m in modules)
+    combined_p = study["combined_p"]
+    interacting = sum(p["p_value"] <= study["alpha"] for p in les["pairs"])
+    (ab, pab), (ba, pba) = masks["p_specialize"].items()
+    a, b = _GROUPS
+    rows = [
+        ["—", "test accuracy (trained / pruned 90%)", net["trained_accuracy"], net["pruned_accuracy"], None],
+        ["structural", f"n-cut (k={layer.k}) vs layer shuffles", layer.ncut, layer.null_mean, layer.p_value],
+        ["structural", "n-cut vs layer_nonzero shuffles", nonzero.ncut, nonzero.null_mean, nonzero.p_value],
+        ["structural", "important modules (lesions)", n_important, len(modules), combined_p],
+        ["structural", "interacting pairs of important modules", interacting, len(les["pairs"]), None],
+        ["functional", f"P_specialize({ab})", pab, None, None],
+        ["functional", f"P_specialize({ba})", pba, None, None],
+        ["functional", f"IoU of masks {a} and {b}", masks["iou"]["total"], None, None],
+        ["connected", f"mask {a}: share inside clusters", inside[f"mask {a}"], inside["all kept weights"],
+         None],
+    ]
+    summary = table(
+        "Summary", ["lens", "measure", "value", "compared with", "p"], rows,
+        note="'compared with': the shuffles' mean n-cut, the number of modules or pairs tested, or the share "
+        "among all weights the pruned network kept.",
+    )  # fmt: skip
+    claims = (
+        {
+            "paper": "Filan et al. 2021",
+            "claim": "pruned networks are more clusterable than their layer_nonzero shuffles",
+            "ours": f"n-cut {nonzero.ncut:.3f} vs {nonzero.null_mean:.3f}, p = {nonzero.p_value:.3g}",
+            "agrees": bool(nonzero.p_value < 0.05),
+        },
+        {
+            "paper": "Filan et al. 2021",
+            "claim": "some clusters are important: lesioning them hurts more than random units",
+            "ours": f"{n_important} of {len(modules)} modules important, combined p = {combined_p:.3g}",
+            "agrees": bool(combined_p < 0.05),
+        },
+        {
+            "paper": "Csordás et al. 2021",
+            "claim": "masks specialize: removing one task's weights hurts it far more than the other task",
+            "ours": f"P_specialize {_num(pab)} and {_num(pba)} (1 = fully specialized, 0 = not at all)",
+            # The papers read P_specialize near 1 as specialization; below 0.25 both tasks share what
+            # the masks keep, which is no specialization even if the value is positive.
+            "agrees": None if None in (pab, pba) else bool(min(pab, pba) >= SPECIALIZED),
+        },
+    )
+    tab = MaskEvalTable.from_dict(masks["table"])
+    conditions = [("full", "full", None)]
+    conditions += [(f"{p}{t}", kind, t) for t in tab.tasks for p, kind in (("", "mask"), ("¬", "inverted"))]
+    accuracy = table(
+        "Accuracy on each half of the test set", ["weights used", *tab.eval_sets],
+        [[label, *(tab.score(kind, task, s) for s in tab.eval_sets)] for label, kind, task in conditions],
+        note="¬X: every weight except X's mask.",
+    )  # fmt: skip
+    lesion_modules = [
+        {"name": name, "label": m["label"], "p_important": m["p_important"], "damage": m["damage"],
+         "class_damage": m["class_damage"]}
+        for name, m in zip(names, modules)
+    ]  # fmt: skip
+    lesion_pairs = [
+        {"a": names[p["a"]], "b": names[p["b"]], "interaction": p["interaction"], "p": p["p_value"]}
+        for p in les["pairs"]
+    ]
+    sections = (
+        {
+            "kind": "clusterability",
+            "title": "Clusters of the pruned network",
+            "network": "digits MLP, pruned",
+            "k": layer.k,
+            "ncut": layer.ncut,
+            "nulls": {"layer": layer.null_ncuts.tolist(), "layer_nonzero": nonzero.null_ncuts.tolist()},
+            "model": net["model"],
+            "labels": layer.partition.labels.tolist(),
+        },
+        {
+            "kind": "lesions",
+            "title": "Lesions of the modules (hidden layer x cluster)",
+            "classes": [str(c) for c in range(10)],
+            "modules": lesion_modules,
+            "pairs": lesion_pairs,
+        },
+        {
+            "kind": "masks",
+            "title": "Masks for the digits 0-4 and 5-9",
+            "layers": list(masks["sizes"]),
+            "sizes": masks["sizes"],
+            "kept": masks["kept"],
+            "iou": masks["iou"]["per_layer"],
+            "iomin": masks["iomin"]["per_layer"],
+            "pair": [a, b],
+            "accuracy": accuracy,
+        },
+        table(
+            "The lenses connected: where the masks fall",
+            ["weights", "share joining two units of the same cluster"],
+            [[k, v] for k, v in inside.items()],
+            note="A mask that follows the clusters has a larger share than the kept weights overall.",
+        ),
+    )
+    return RunResult(
+        "demo", TITLE, run.setting, summary, claims, sections, dict(config), versions(), run.seconds(),
+        {"network": net},
+    )  # fmt: skip

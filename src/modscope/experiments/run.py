@@ -1,0 +1,149 @@
+"""A reproduction's folder: finished work is kept, an interrupted run resumes where it stopped.
+
+Layout of ``out``::
+
+    run.json                 experiment, setting and config this folder belongs to
+    units/KEY.json           one finished unit (a network trained and analysed), written atomically
+    models/KEY.safetensors   that unit's network, when it keeps one
+    checkpoints/KEY.*        training checkpoints of the unit in progress (deleted when it finishes)
+    results.json, report.html
+
+A unit is written only once it is complete, so Ctrl-C or a crash loses at most the unit in progress, and
+that one resumes from its last training checkpoint. Resuming a folder with a different config is refused:
+numbers made with different settings must not be mixed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from modscope.atomic import write_json_atomic
+
+__all__ = ["Progress", "Run"]
+
+#: ``progress(label, done, total, info)``: ``label`` names a bar (``"networks"``, ``"train"``, ...).
+Progress = Callable[[str, int, int, dict], None]
+
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
+
+
+def _canonical(doc: Any) -> Any:
+    return json.loads(json.dumps(doc, sort_keys=True))
+
+
+class Run:
+    """The folder ``out`` of one run of ``experiment`` with ``config`` (a JSON-able dict).
+
+    ``fresh=True`` deletes what an earlier run left there first. ``progress`` receives the library's
+    progress callbacks; the run adds nothing to stdout.
+    """
+
+    def __init__(
+        self,
+        out: str | os.PathLike,
+        experiment: str,
+        setting: str,
+        config: Mapping[str, Any],
+        *,
+        fresh: bool = False,
+        progress: Progress | None = None,
+    ):
+        self.out = Path(out)
+        self.experiment = experiment
+        self.setting = setting
+        self.config = _canonical(dict(config))
+        self.progress = progress
+        self._started = time.perf_counter()
+        head = {"experiment": experiment, "setting": setting, "config": self.config}
+        marker = self.out / "run.json"
+        if fresh and self.out.exists():
+            if not marker.is_file() and any(self.out.iterdir()):
+                raise ValueError(f"{self.out} is not empty and is not a modscope run folder; not deleting it")
+            shutil.rmtree(self.out)
+        if marker.is_file():
+            try:
+                old = json.loads(marker.read_text())
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{marker} is corrupt ({exc}); use a new folder or --fresh") from None
+            previous = {k: old.get(k) for k in head}
+            if previous != head:
+                diff = sorted(
+                    k for k in set(self.config) | set(old.get("config") or {})
+                    if self.config.get(k) != (old.get("config") or {}).get(k)
+                )  # fmt: skip
+                what = f"config keys {diff}" if diff else "experiment or setting"
+                raise ValueError(
+                    f"{self.out} holds a run of {old.get('experiment')!r} ({old.get('setting')}) whose "
+                    f"{what} differ; use another --out or --fresh"
+                )
+            self._seconds_before = float(old.get("seconds", 0.0))
+        else:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._seconds_before = 0.0
+            write_json_atomic(marker, {**head, "seconds": 0.0})
+
+    # --- paths ---------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_key(key: str) -> str:
+        if not isinstance(key, str) or not _KEY.match(key):
+            raise ValueError(f"unit key must be letters, digits and _.+=- (no slash), got {key!r}")
+        return key
+
+    def unit_path(self, key: str) -> Path:
+        return self.out / "units" / f"{self._check_key(key)}.json"
+
+    def model_path(self, key: str) -> Path:
+        return self.out / "models" / f"{self._check_key(key)}.safetensors"
+
+    def checkpoint_prefix(self, key: str) -> str:
+        """A prefix for a unit's training checkpoints (``run_recipe(checkpoint=...)``)."""
+        (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        return str(self.out / "checkpoints" / self._check_key(key))
+
+    def relative(self, path: str | os.PathLike) -> str:
+        """``path`` relative to the folder, as results.json stores it."""
+        return Path(path).resolve().relative_to(self.out.resolve()).as_posix()
+
+    # --- work ----------------------------------------------------------------------------------------
+
+    def done(self, key: str) -> bool:
+        return self.unit_path(key).is_file()
+
+    def load_unit(self, key: str) -> dict[str, Any]:
+        path = self.unit_path(key)
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is corrupt ({exc}); delete it to recompute that unit") from None
+
+    def unit(self, key: str, compute: Callable[[], Mapping[str, Any]]) -> dict[str, Any]:
+        """The result of unit ``key``: read back if a previous run finished it, else ``compute()``d and
+        written atomically (with the unit's training checkpoints removed)."""
+        if self.done(key):
+            return self.load_unit(key)
+        doc = _canonical(dict(compute()))
+        write_json_atomic(self.unit_path(key), doc)
+        for ckpt in (self.out / "checkpoints").glob(f"{key}.*"):
+            ckpt.unlink(missing_ok=True)
+        self._save_seconds()
+        return doc
+
+    def report(self, label: str, done: int, total: int, info: dict | None = None) -> None:
+        if self.progress is not None:
+            self.progress(label, done, total, info or {})
+
+    def seconds(self) -> float:
+        """Wall time of this run, summed over resumed segments."""
+        return self._seconds_before + time.perf_counter() - self._started
+
+    def _save_seconds(self) -> None:
+        head = {"experiment": self.experiment, "setting": self.setting, "config": self.config}
+        write_json_atomic(self.out / "run.json", {**head, "seconds": self.seconds()})
