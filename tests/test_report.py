@@ -259,7 +259,7 @@ def _mutated(run_dir: Path, tmp_path: Path, edit) -> Path:
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda d: d.pop("summary"), "not a complete modscope results document"),
+        (lambda d: d.pop("summary"), "lacks ['summary']"),
         (lambda d: d.update(format="other/1"), "not a modscope results document"),
         (lambda d: d["sections"][1].pop("nulls"), "lacks the key 'nulls'"),
         (lambda d: d["sections"][2].update(pair=["+"]), "'pair' must name two tasks"),

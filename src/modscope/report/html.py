@@ -105,9 +105,8 @@ def write_report(results: str | os.PathLike, out: str | os.PathLike | None = Non
     results = Path(results)
     try:
         result = RunResult.load(results)
-    except (TypeError, AttributeError, KeyError) as exc:
-        # Missing or unexpected top-level fields surface from the dataclass as TypeError & co.
-        raise ValueError(f"{results} is not a complete modscope results document: {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"{results}: {exc}") from None
     try:
         page = render_html(result, results.resolve().parent)
     except ValueError as exc:
