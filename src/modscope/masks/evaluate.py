@@ -177,9 +177,8 @@ def evaluate_masks(
             never modified: masks are applied functionally).
         masks: the trained masks (binary read-out, deterministic).
         eval_sets: ``name -> re-iterable of (inputs, targets)`` batches.
-        metric: ``"accuracy"``: outputs ``(B, ..., C)`` logits, targets ``(B, ...)`` class indices; an
-            example is
-            correct when every position is; per-class accuracy and the ``C x C`` confusion matrix count
+        metric: ``"accuracy"``: outputs ``(B, ..., C)`` logits, targets ``(B, ...)`` class indices; an example
+            is correct when every position is; per-class accuracy and the ``C x C`` confusion matrix count
             positions. Or ``metric(outputs, targets)`` returning per-example scores ``(B,)`` (or their mean).
         tasks: the masks to test (default all).
         split: the first ``split`` masked layers (model order) are "early", the rest "late"; default half,

@@ -1,12 +1,10 @@
 """One forward pass of a frozen model under many mask samples, each example group seeing its own sample.
 
 Per-example alignment (SPEC §2.1): the batch of task ``t`` is split into ``S`` contiguous groups and group
-``s``
-runs with sample ``(t, s)`` in *every* layer. The fast path stacks all ``T * S`` groups and calls the model
-once
-under ``torch.func.vmap``, so each masked layer becomes one batched matmul; where vmap cannot go (``nn.LSTM``
-and ``nn.GRU`` have no batching rule) or the groups are unequal, a loop of ``functional_call`` gives the same
-numbers. Inputs and outputs are batch-first.
+``s`` runs with sample ``(t, s)`` in *every* layer. The fast path stacks all ``T * S`` groups and calls the
+model once under ``torch.func.vmap``, so each masked layer becomes one batched matmul; where vmap cannot go
+(``nn.LSTM`` and ``nn.GRU`` have no batching rule) or the groups are unequal, a loop of ``functional_call``
+gives the same numbers. Inputs and outputs are batch-first.
 """
 
 from __future__ import annotations

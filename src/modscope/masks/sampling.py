@@ -2,8 +2,7 @@
 
 Csordás et al., "Are Neural Nets Modular?" (ICLR 2021, arXiv:2010.02066), §2: a mask entry is kept when
 ``sigmoid(logit + l) > 0.5`` with ``l`` logistic noise (the difference of two Gumbel variables, temperature
-1);
-the backward pass uses the gradient of the soft ``sigmoid(logit + l)``.
+1); the backward pass uses the gradient of the soft ``sigmoid(logit + l)``.
 """
 
 from __future__ import annotations

@@ -160,21 +160,17 @@ def train_masks(
     """Learn one binary weight mask per sub-task on a frozen ``model``, all tasks in one vectorized loop.
 
     Each masked weight gets a real logit (initialized to ``init``; 2.0 keeps about 88%). Per step and task,
-    the
-    batch is split into ``samples`` contiguous groups; group ``s`` runs with its own hard Gumbel-sigmoid
-    sample
-    of the mask in every layer (straight-through gradient). The loss of task ``t`` is
+    the batch is split into ``samples`` contiguous groups; group ``s`` runs with its own hard Gumbel-sigmoid
+    sample of the mask in every layer (straight-through gradient). The loss of task ``t`` is
     ``loss_fn(outputs_t, targets_t) + beta * sum(logits_t) / B_t``; Adam (``lr``) updates the logits only,
-    after
-    clipping each task's gradient to norm ``max_grad_norm``. The papers use beta 1e-4 (arithmetic FNN), batch
-    128 and 20k steps. Tasks never interact: each has its own generator (from ``seed`` and its name), its own
-    gradient clipping, and Adam is element-wise.
+    after clipping each task's gradient to norm ``max_grad_norm``. The papers use beta 1e-4 (arithmetic FNN),
+    batch 128 and 20k steps. Tasks never interact: each has its own generator (from ``seed`` and its name),
+    its own gradient clipping, and Adam is element-wise.
 
     Args:
         model: any ``nn.Module`` called as ``model(*inputs)``; inputs and outputs batch-first. It is put in
-            eval
-            mode with gradients off during training; its parameters, buffers, mode and ``requires_grad`` flags
-            are left exactly as they were.
+            eval mode with gradients off during training; its parameters, buffers, mode and ``requires_grad``
+            flags are left exactly as they were.
         tasks: ``name -> source``. A source is a re-iterable of ``(inputs, targets)`` batches (a list, a
             DataLoader; cycled), or with ``batch_size`` an ``(inputs, targets)`` pair of tensors to draw from.
             ``inputs`` is a tensor or a tuple of tensors.
@@ -187,10 +183,8 @@ def train_masks(
         progress: called as ``progress(step, steps, {"loss": {task: float}, "kept": {task: fraction}})`` after
             each step.
         checkpoint: a file; saved every ``checkpoint_every`` steps and at the end (atomically), and resumed
-            from
-            when it exists. The resumed run equals the uninterrupted one when each source yields the same
-            batch
-            sequence when iterated afresh (always true with ``batch_size``).
+            from when it exists. The resumed run equals the uninterrupted one when each source yields the
+            same batch sequence when iterated afresh (always true with ``batch_size``).
         method: ``"vmap"`` (all groups as one vmapped call), ``"loop"`` (one call per group) or ``"auto"``:
             vmap unless the model has recurrent layers or vmap fails on the first step.
 
