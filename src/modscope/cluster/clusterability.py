@@ -144,16 +144,17 @@ def null_graphs(graph: WeightGraph, n_shuffles: int = 50, shuffle: str = "layer"
 def _one_shuffle(blocks, k: int, shuffle: str, solver: str, n_init: int, seed_seq) -> float:
     shuffled = _shuffled(blocks, shuffle, seed_seq)
     cluster_seed = _child(seed_seq, 1)
-    # One BLAS/OpenMP thread per clustering, in the parent as in the workers: the result then does not
-    # depend on how the work is spread, and processes, not threads, use the cores.
-    with threadpool_limits(limits=1):
-        return partition_affinity(
-            Affinity.from_blocks(shuffled), k, seed=cluster_seed, solver=solver, n_init=n_init
-        ).ncut
+    return partition_affinity(
+        Affinity.from_blocks(shuffled), k, seed=cluster_seed, solver=solver, n_init=n_init
+    ).ncut
 
 
 def _chunk(args: tuple, indexed_seeds: list) -> list[tuple[int, float]]:
-    return [(i, _one_shuffle(*args, s)) for i, s in indexed_seeds]
+    # One BLAS/OpenMP thread per clustering, in the parent as in the workers: the result then does not
+    # depend on how the work is spread, and processes, not threads, use the cores. Entered once per chunk:
+    # each entry inspects the loaded libraries (milliseconds).
+    with threadpool_limits(limits=1):
+        return [(i, _one_shuffle(*args, s)) for i, s in indexed_seeds]
 
 
 def clusterability(
@@ -205,6 +206,7 @@ def clusterability(
     args = (graph.blocks, k, shuffle, solver, n_init)
     if n_jobs == 1:
         results = ([(i, _one_shuffle(*args, s))] for i, s in enumerate(shuffle_seeds))
+        limit = threadpool_limits(limits=1)  # for the whole loop below
     else:
         # loky workers: no `if __name__ == "__main__"` needed in user scripts. Shuffles go in chunks (about
         # 8 per worker) so the weight blocks travel once per chunk, not once per shuffle. Dispatch starts
@@ -213,18 +215,19 @@ def clusterability(
         results = Parallel(n_jobs=min(n_jobs, n_shuffles), return_as="generator_unordered")(
             delayed(_chunk)(args, [(int(i), shuffle_seeds[i]) for i in chunk]) for chunk in chunks
         )
-    with threadpool_limits(limits=1):
-        partition = partition_affinity(aff, k, seed=own_seed, solver=solver, n_init=n_init)
-    if progress:
-        progress(1, total)
+        limit = threadpool_limits(limits=1)
     null = np.empty(n_shuffles)
-    done = 1
-    for chunk in results:
-        for i, value in chunk:
-            null[i] = value
-        done += len(chunk)
+    with limit:
+        partition = partition_affinity(aff, k, seed=own_seed, solver=solver, n_init=n_init)
         if progress:
-            progress(done, total)
+            progress(1, total)
+        done = 1
+        for chunk in results:
+            for i, value in chunk:
+                null[i] = value
+            done += len(chunk)
+            if progress:
+                progress(done, total)
     return ClusterabilityResult(
         ncut=partition.ncut,
         partition=partition,

@@ -90,8 +90,14 @@ def _lesions(run: Run, cfg: dict, partition: Any, test: tuple) -> dict:
     from modscope.lesion import lesion_modules, lesion_pairs
 
     model, graph = _load(run)
-    study = lesion_modules(model, graph, partition, test, n_random=cfg["n_random"], seed=cfg["seed"])
-    pairs = lesion_pairs(model, graph, study, test, n_random=cfg["n_random"], seed=cfg["seed"])
+    study = lesion_modules(
+        model, graph, partition, test, n_random=cfg["n_random"], seed=cfg["seed"],
+        progress=lambda d, t: run.report("modules", d, t),
+    )  # fmt: skip
+    pairs = lesion_pairs(
+        model, graph, study, test, n_random=cfg["n_random"], seed=cfg["seed"],
+        progress=lambda d, t: run.report("pairs", d, t),
+    )  # fmt: skip
     return {"study": study.to_dict(), "pairs": [asdict(p) for p in pairs]}
 
 

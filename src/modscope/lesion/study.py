@@ -18,6 +18,7 @@ for random pairs of sets of the same sizes in the same layers (two-sided).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from itertools import combinations
 from typing import Any
@@ -137,6 +138,7 @@ def lesion_modules(
     min_units: int = 2,
     alpha: float = 0.05,
     seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> LesionStudy:
     """Lesion every module (hidden layer x cluster with at least ``min_units`` units) of ``model``.
 
@@ -154,6 +156,8 @@ def lesion_modules(
         Level of the importance labels.
     seed : int, default 0
         Seeds the random sets.
+    progress : callable(done, total), optional
+        Called after each module.
     """
     if n_random < 1:
         raise ValueError(f"n_random must be at least 1, got {n_random}")
@@ -161,7 +165,8 @@ def lesion_modules(
     base = class_accuracy(model, eval_set, n_classes)
     rng = np.random.default_rng(seed)
     out = []
-    for layer, cluster, units in _modules(graph, partition, min_units):
+    modules = _modules(graph, partition, min_units)
+    for layer, cluster, units in modules:
         damage, per_class = _damage(model, graph, eval_set, n_classes, base, {layer: units})
         size = graph.layers[layer].size
         random = np.array(
@@ -194,6 +199,8 @@ def lesion_modules(
                 label,
             )
         )
+        if progress is not None:
+            progress(len(out), len(modules))
     combined = float(combine_pvalues([m.p_important for m in out], method="fisher").pvalue) if out else 1.0
     return LesionStudy(float(base.mean()), tuple(base.tolist()), tuple(out), combined, alpha, n_random, seed)
 
@@ -206,8 +213,10 @@ def lesion_pairs(
     *,
     n_random: int = 20,
     seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[PairLesion, ...]:
-    """Double lesions of every pair of ``"important"`` modules of ``study``, tested for interaction."""
+    """Double lesions of every pair of ``"important"`` modules of ``study``, tested for interaction;
+    ``progress(done, total)`` is called after each pair."""
     if n_random < 1:
         raise ValueError(f"n_random must be at least 1, got {n_random}")
     n_classes = len(study.class_accuracy)
@@ -215,7 +224,8 @@ def lesion_pairs(
     rng = np.random.default_rng(seed)
     important = [i for i, m in enumerate(study.modules) if m.label == "important"]
     out = []
-    for i, j in combinations(important, 2):
+    pairs = list(combinations(important, 2))
+    for i, j in pairs:
         a, b = study.modules[i], study.modules[j]
         joint = _damage(model, graph, eval_set, n_classes, base, _union(a, b))[0]
         interaction = joint - a.damage - b.damage
@@ -230,6 +240,8 @@ def lesion_pairs(
         random = np.array(random)
         p = float((1 + np.count_nonzero(np.abs(random) >= abs(interaction))) / (1 + n_random))
         out.append(PairLesion(i, j, joint, interaction, tuple(random.tolist()), p))
+        if progress is not None:
+            progress(len(out), len(pairs))
     return tuple(out)
 
 

@@ -12,6 +12,7 @@ the CIFAR-10 CNN, Adam 1e-3, batch 128, 20k steps; LSTM and transformer sequence
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -98,8 +99,13 @@ class TaskData:
     wrap: Callable[[nn.Module], nn.Module] | None = None
 
 
+@functools.lru_cache(maxsize=4)
 def load_task_data(dataset: str, seed: int = 0, root: str | None = None) -> TaskData:
-    """Train and test tensors of a data set name, and the sizes the model spec needs."""
+    """Train and test tensors of a data set name, and the sizes the model spec needs.
+
+    Cached (the last 4 calls): a study trains many networks on one data set, and decoding Fashion-MNIST
+    takes seconds. The tensors are therefore shared between callers: never modify them in place.
+    """
     from modscope import data
 
     if dataset in ("fashion-mnist", "mnist", "cifar10", "digits"):

@@ -1,0 +1,237 @@
+"""Lesion study of pruned MLPs (Filan et al., "Clusterability in Neural Networks", arXiv:2103.03386, §6).
+
+Each of ``networks`` MLPs is trained and pruned exactly like network ``i`` of the clusterability table's
+``control-pruned`` row (same settings and seeds give the same network), clustered into ``k`` = 12
+clusters, and every module -- the units of one hidden layer in one cluster, at least ``min_units`` of
+them -- is silenced in turn (SPEC §1.4, :mod:`modscope.lesion`). Its damage (drop in test accuracy) is
+compared with ``n_random`` random same-size sets of units of the same layer: ``p_important`` =
+(1 + #{random damage >= module damage}) / (1 + n_random) is never below 1/(n_random + 1), so at least 19
+random sets are needed for a module to be labelled important (p <= 0.05). The per-module p-values are
+combined with Fisher's method. Pairs of important modules are then lesioned together, and their
+interaction (joint damage minus the two single damages) is tested against random pairs of sets of the same
+sizes. Damage is measured on the first ``test_examples`` examples of the test split: a study makes
+(1 + n_random) * (modules + 3 * pairs) passes over it (about 4,000 for a pruned 784-256x4-10 MLP), so the
+quick setting uses 1,000 of Fashion-MNIST's 10,000 test images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict
+from typing import Any
+
+from modscope.atomic import finite
+from modscope.cluster import spectral_partition
+from modscope.experiments.clusterability import (
+    check_k_fits,
+    check_mlp_config,
+    network_seeds,
+    steps_per_epoch,
+    task_data,
+    train_mlp,
+)
+from modscope.experiments.results import RunResult, table
+from modscope.experiments.run import Run
+from modscope.graph import WeightGraph
+from modscope.lesion import lesion_modules, lesion_pairs
+from modscope.versions import versions
+
+__all__ = ["ALPHA", "FASHION_MNIST_CLASSES", "SETTINGS", "TITLE", "reproduce"]
+
+TITLE = "Lesions of the modules of pruned MLPs: importance and dependencies (Filan et al. 2021)"
+PAPER = "Filan et al. 2021 (arXiv:2103.03386)"
+#: Level of the importance labels and of the pair interaction tests.
+ALPHA = 0.05
+#: Class names of Fashion-MNIST (Xiao et al. 2017, arXiv:1708.07747), in label order.
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+
+SETTINGS: dict[str, dict[str, Any]] = {
+    # quick: about 2 min on a shared 2-core CPU (one torch thread), 70% of it the pair lesions.
+    "quick": {
+        "dataset": "fashion-mnist",
+        "hidden": "256x4",
+        "epochs": 1,
+        "networks": 1,
+        "k": 12,
+        "n_random": 20,
+        "min_units": 2,
+        "test_examples": 1000,
+        "seed": 0,
+    },
+    "paper": {
+        "dataset": "fashion-mnist",
+        "hidden": "256x4",
+        "epochs": 20,
+        "networks": 5,
+        "k": 12,
+        "n_random": 20,
+        "min_units": 2,
+        "test_examples": 10000,
+        "seed": 0,
+    },
+}
+
+
+def _check(config: Mapping[str, Any]) -> str:
+    template = check_mlp_config(config)
+    for key, low in (("n_random", 1), ("min_units", 1), ("test_examples", 1)):
+        v = config[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ValueError(f"{key} must be an int >= {low}, got {v!r}")
+    return template
+
+
+def _name(module: Mapping[str, Any]) -> str:
+    return f"L{module['layer']}/c{module['cluster']}"
+
+
+def _lesion_unit(run: Run, config: Mapping[str, Any], template: str, steps: int, i: int) -> tuple[str, dict]:
+    train_seed, cluster_seed, lesion_seed, pair_seed = network_seeds(config["seed"], i)
+    key = f"pruned-{i}"
+
+    def compute() -> dict[str, Any]:
+        model, results, path = train_mlp(run, key, template, config, steps, train_seed, prune=True)
+        # The test split the network was evaluated on (its first ``test_examples``): each lesion is one
+        # pass over it, and a study makes (1 + n_random) * (modules + 3 * pairs) of them.
+        x, y = task_data(config["dataset"], train_seed).test
+        test = (x[: config["test_examples"]], y[: config["test_examples"]])
+        graph = WeightGraph.from_module(model)
+        run.report("clustering", 0, 1)
+        partition = spectral_partition(graph, config["k"], seed=cluster_seed)
+        run.report("clustering", 1, 1)
+        study = lesion_modules(
+            model, graph, partition, test, n_random=config["n_random"], min_units=config["min_units"],
+            alpha=ALPHA, seed=lesion_seed, progress=lambda d, t: run.report("modules", d, t),
+        )  # fmt: skip
+        pairs = lesion_pairs(
+            model, graph, study, test, n_random=config["n_random"], seed=pair_seed,
+            progress=lambda d, t: run.report("pairs", d, t),
+        )  # fmt: skip
+        return finite(
+            {
+                "network": i,
+                "seed": train_seed,
+                "cluster_seed": cluster_seed,
+                "lesion_seed": lesion_seed,
+                "pair_seed": pair_seed,
+                "model": run.relative(path),
+                "accuracy": results[-1].eval_accuracy,
+                "sparsity": results[-1].sparsity,
+                "ncut": partition.ncut,
+                "labels": partition.labels.tolist(),
+                "study": study.to_dict(),
+                "pairs": [asdict(p) for p in pairs],
+            }
+        )
+
+    return key, run.unit(key, compute)
+
+
+def reproduce(run: Run, config: Mapping[str, Any]) -> RunResult:
+    """Train, prune, cluster and lesion every network (resuming finished ones); see the module doc."""
+    template = _check(config)
+    task = task_data(config["dataset"], network_seeds(config["seed"], 0)[0])
+    check_k_fits(template, task, config["k"])
+    n_classes = int(task.fill["out"])
+    classes = (
+        list(FASHION_MNIST_CLASSES)
+        if config["dataset"] == "fashion-mnist"
+        else [str(c) for c in range(n_classes)]
+    )
+    steps = config["epochs"] * steps_per_epoch(task)
+    n = config["networks"]
+    units: dict[str, dict[str, Any]] = {}
+    run.report("networks", 0, n)
+    for i in range(n):
+        key, unit = _lesion_unit(run, config, template, steps, i)
+        units[key] = unit
+        run.report("networks", i + 1, n, {"unit": key})
+    return RunResult(
+        experiment="lesions",
+        title=TITLE,
+        setting=run.setting,
+        summary=_summary(units, config),
+        claims=(_claim(units, config),),
+        sections=tuple(_section(key, u, classes) for key, u in units.items()),
+        config=dict(config),
+        versions=versions(),
+        seconds=run.seconds(),
+        units=units,
+    )
+
+
+def _counts(u: Mapping[str, Any]) -> dict[str, Any]:
+    modules = u["study"]["modules"]
+    return {
+        "modules": len(modules),
+        "important": sum(m["label"] == "important" for m in modules),
+        "prunable": sum(m["label"] == "prunable" for m in modules),
+        "combined_p": u["study"]["combined_p"],
+        "pairs": len(u["pairs"]),
+        "interacting": sum(p["p_value"] <= ALPHA for p in u["pairs"]),
+    }
+
+
+def _summary(units: Mapping[str, Mapping[str, Any]], config: Mapping[str, Any]) -> dict:
+    columns = ["network", "test accuracy", "n-cut", "modules", "important", "prunable", "combined p",
+               "interacting pairs"]  # fmt: skip
+    rows = []
+    for key, u in units.items():
+        c = _counts(u)
+        pairs = f"{c['interacting']}/{c['pairs']}"
+        counts = [c[name] for name in ("modules", "important", "prunable", "combined_p")]
+        rows.append([key, u["accuracy"], u["ncut"], *counts, pairs])
+    note = (
+        f"k = {config['k']}; modules of at least {config['min_units']} units; damage on the first "
+        f"{config['test_examples']} test examples; {config['n_random']} random "
+        f"same-size lesions per module (smallest p = 1/{config['n_random'] + 1}); labels at p <= {ALPHA}; "
+        f"combined p: Fisher's method over the modules' p_important; interacting pairs: pairs of important "
+        f"modules whose interaction has p <= {ALPHA}, out of all pairs tested."
+    )
+    return table("Lesions per network", columns, rows, note)
+
+
+def _claim(units: Mapping[str, Mapping[str, Any]], config: Mapping[str, Any]) -> dict:
+    counts = [_counts(u) for u in units.values()]
+    ok = [c["important"] > 0 and c["combined_p"] <= ALPHA for c in counts]
+    possible = 1 / (config["n_random"] + 1) <= ALPHA
+    ours = "; ".join(
+        f"{key}: {c['important']}/{c['modules']} modules important, combined p {c['combined_p']:.3g}"
+        for key, c in zip(units, counts)
+    )
+    return {
+        "paper": PAPER,
+        "claim": "some modules are important; the combined test is significant",
+        "ours": ours,
+        "agrees": (True if all(ok) else False if not any(ok) else None) if possible else None,
+    }
+
+
+def _section(key: str, u: Mapping[str, Any], classes: list[str]) -> dict:
+    modules = u["study"]["modules"]
+    return {
+        "kind": "lesions",
+        "title": f"Lesions of {key} (test accuracy {u['accuracy']:.4f})",
+        "classes": classes,
+        "modules": [
+            {
+                "name": _name(m),
+                "label": m["label"],
+                "p_important": m["p_important"],
+                "damage": m["damage"],
+                "class_damage": m["class_damage"],
+            }
+            for m in modules
+        ],
+        "pairs": [
+            {
+                "a": _name(modules[p["a"]]),
+                "b": _name(modules[p["b"]]),
+                "interaction": p["interaction"],
+                "p": p["p_value"],
+            }
+            for p in u["pairs"]
+        ],
+    }
