@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from modscope.atomic import write_json_atomic
+from modscope.atomic import finite, write_json_atomic
 
 __all__ = ["Progress", "Run"]
 
@@ -35,7 +35,9 @@ _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
 
 
 def _canonical(doc: Any) -> Any:
-    return json.loads(json.dumps(doc, sort_keys=True))
+    """``doc`` as it reads back from JSON (tuples as lists, NaN as None), so that a unit computed now and
+    one read back after a resume are the same object."""
+    return json.loads(json.dumps(finite(doc), allow_nan=False))
 
 
 class Run:

@@ -53,8 +53,11 @@ def p_specialize(table: MaskEvalTable, a: str, b: str, chance: Chance) -> float:
 
 @dataclass(frozen=True)
 class Reuse:
-    """P_reuse of two instances of one function: structural (IoU, IoMin over the shared layers) and
-    functional ``1 - d_A2(not A1)`` (``nan`` without a table). Low values mean no reuse."""
+    """P_reuse of two instances of one function (SPEC §2.2): structural = IoU and IoMin of their masks over
+    the shared layers (low = separate weights, no reuse); functional = ``1 - d_A2(not A1)``, the share of
+    A2's performance that survives removing A1's weights (``nan`` without a table). Read the functional
+    score the other way round: 1 = A2 does not need A1's weights (no reuse), 0 = removing them kills A2
+    as a reused module would."""
 
     iou: float
     iomin: float
