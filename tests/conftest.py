@@ -1,5 +1,9 @@
 """Shared test fixtures."""
 
+import os
+import shutil
+import subprocess
+
 import pytest
 import torch
 
@@ -11,3 +15,31 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def browser() -> str:
+    """Path of a Chromium-like browser. Skips without one, unless MODSCOPE_REQUIRE_BROWSER=1 (CI)."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    if os.environ.get("MODSCOPE_REQUIRE_BROWSER") == "1":
+        pytest.fail("MODSCOPE_REQUIRE_BROWSER=1 but no chromium, chromium-browser or google-chrome on PATH")
+    pytest.skip("no headless browser (chromium) installed")
+
+
+@pytest.fixture
+def headless(browser, tmp_path):
+    """``headless(*args) -> stdout``: one run of the headless browser with a fresh profile, offline."""
+
+    def run(*args: str) -> str:
+        cmd = [
+            browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-extensions", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", *args,
+        ]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout
+
+    return run

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import matplotlib
@@ -309,31 +308,9 @@ def test_cli_writes_the_report_and_prints_its_path(run_dir, tmp_path, capsys):
 # ---------------------------------------------------------------------------------------- in a browser
 
 
-@pytest.fixture(scope="module")
-def browser() -> str:
-    """Path of a Chromium-like browser; checked before the report is built, so a skip costs nothing."""
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    if os.environ.get("MODSCOPE_REQUIRE_BROWSER") == "1":
-        pytest.fail("MODSCOPE_REQUIRE_BROWSER=1 but no chromium, chromium-browser or google-chrome on PATH")
-    pytest.skip("no headless browser (chromium) installed")
-
-
-def _chromium(browser: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [
-        browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-extensions", "--no-first-run", f"--user-data-dir={profile}", *args,
-    ]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done
-
-
-def test_every_image_renders_in_a_headless_browser(browser, run_dir, tmp_path):
+def test_every_image_renders_in_a_headless_browser(headless, run_dir, tmp_path):
     url = (run_dir / "report.html").resolve().as_uri()
-    dom = _chromium(browser, tmp_path / "profile", "--dump-dom", "--virtual-time-budget=5000", url).stdout
+    dom = headless("--dump-dom", "--virtual-time-budget=5000", url)
     assert f'data-images-ok="{N_FIGURES}/{N_FIGURES}"' in dom
     assert '<p class="notice">image failed to load' not in dom
 
@@ -341,14 +318,12 @@ def test_every_image_renders_in_a_headless_browser(browser, run_dir, tmp_path):
     page = (run_dir / "report.html").read_text()
     broken = tmp_path / "broken.html"
     broken.write_text(page.replace(IMG.findall(page)[2], "data:image/png;base64,iVBORw0KGgoAAAA", 1))
-    dom = _chromium(
-        browser, tmp_path / "profile", "--dump-dom", "--virtual-time-budget=5000", broken.as_uri()
-    ).stdout
+    dom = headless("--dump-dom", "--virtual-time-budget=5000", broken.as_uri())
     assert f'data-images-ok="{N_FIGURES - 1}/{N_FIGURES}"' in dom
     assert dom.count('<p class="notice">image failed to load: clustered weight graph of net 0</p>') == 1
 
     shot = tmp_path / "report.png"
-    _chromium(browser, tmp_path / "profile", f"--screenshot={shot}", "--window-size=1280,2400", url)
+    headless(f"--screenshot={shot}", "--window-size=1280,2400", url)
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000
     assert matplotlib.image.imread(io.BytesIO(data), format="png").shape[:2] == (2400, 1280)
