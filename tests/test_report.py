@@ -330,3 +330,10 @@ def test_every_image_renders_in_a_headless_browser(headless, run_dir, tmp_path):
     if os.environ.get("MODSCOPE_ARTIFACTS"):
         Path(os.environ["MODSCOPE_ARTIFACTS"]).mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, Path(os.environ["MODSCOPE_ARTIFACTS"]) / "report.png")
+
+
+def test_seed_columns_are_identifiers_not_quantities():
+    from modscope.report.html import _html_table
+
+    page = _html_table(["unit", "seed", "weights"], [["a", 2968811710, 65536], ["b", None, 3]])
+    assert ">2968811710<" in page and ">65,536<" in page and ">–<" in page

@@ -223,9 +223,14 @@ def _html_table(columns: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
     numeric = [all(v is None or _is_number(v) for v in col) for col in zip(*rows)] or [False] * len(columns)
     num = ' class="num"'
     head = "".join(f"<th{num if n else ''}>{escape(str(c))}</th>" for c, n in zip(columns, numeric))
+    # Seeds are names, not quantities: no thousands separators.
+    raw = [str(c).lower().endswith("seed") for c in columns]
     body = "".join(
         "<tr>"
-        + "".join(f"<td{num if n else ''}>{escape(format_cell(v))}</td>" for v, n in zip(r, numeric))
+        + "".join(
+            f"<td{num if n else ''}>{escape(str(v) if is_raw and v is not None else format_cell(v))}</td>"
+            for v, n, is_raw in zip(r, numeric, raw)
+        )
         + "</tr>"
         for r in rows
     )
