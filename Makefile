@@ -22,4 +22,4 @@ bench: setup
 	$(BIN)/python benchmarks/bench_masks.py
 
 clean:
-	rm -rf $(VENV) demo-out modscope-demo runs .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) demo-out modscope-demo .pytest_cache .ruff_cache .hypothesis
