@@ -25,14 +25,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from modscope.atomic import write_json_atomic
+from modscope.cli.progress import bars
 from modscope.versions import versions
 
 JSON_FORMAT = "modscope.cluster/1"
@@ -142,10 +140,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"graph       {_graph_line(graph)}")
 
     start = time.perf_counter()
-    with _progress_bar(args.shuffles + 1, disable=args.no_progress) as update:
+    with bars(disable=args.no_progress, unit="graph") as update:
         result = clusterability(
             graph, k=args.k, n_shuffles=args.shuffles, shuffle=args.shuffle, seed=args.seed,
-            n_jobs=args.jobs, progress=update, solver=args.solver, n_init=args.n_init,
+            n_jobs=args.jobs, progress=lambda done, total: update("clustering", done, total, {}),
+            solver=args.solver, n_init=args.n_init,
         )  # fmt: skip
     elapsed = time.perf_counter() - start
     verdict = verdict_line(result)
@@ -240,25 +239,3 @@ def verdict_line(result: Any, alpha: float = 0.05) -> str:
         "no more clusterable than its shuffled versions: n-cut at or above the shuffles' mean "
         f"(p = {result.p_value:.3g})."
     )
-
-
-@contextmanager
-def _progress_bar(total: int, disable: bool = False) -> Iterator[Callable[[int, int], None]]:
-    """A tqdm bar on stderr (with ETA), fed by ``clusterability``'s ``progress(done, total)`` callback.
-
-    Off when stderr is not a terminal (logs, CI, pytest), so captured output stays clean.
-    """
-    from tqdm import tqdm
-
-    isatty = getattr(sys.stderr, "isatty", None)
-    off = disable or not (callable(isatty) and isatty())
-    bar = tqdm(total=total, desc="clustering", unit="graph", file=sys.stderr, disable=off, leave=False)
-
-    def update(done: int, _total: int) -> None:
-        if done > bar.n:
-            bar.update(done - bar.n)
-
-    try:
-        yield update
-    finally:
-        bar.close()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -107,17 +106,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cell(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    if isinstance(v, bool) or not isinstance(v, float):
-        return str(v)
-    return f"{v:.4g}"
-
-
 def format_table(section: dict) -> str:
     """A ``"table"`` section as aligned plain text."""
-    rows = [[str(c) for c in section["columns"]]] + [[_cell(v) for v in r] for r in section["rows"]]
+    from modscope.report.html import format_cell
+
+    rows = [[str(c) for c in section["columns"]]] + [[format_cell(v) for v in r] for r in section["rows"]]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

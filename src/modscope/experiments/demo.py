@@ -108,8 +108,8 @@ def _masks(run: Run, cfg: dict, train_set: tuple, test_set: tuple) -> dict:
 
     def split(data: tuple) -> dict[str, tuple]:
         x, y = data
-        return {name: (x[torch.isin(y, torch.tensor(list(c)))], y[torch.isin(y, torch.tensor(list(c)))])
-                for name, c in _GROUPS.items()}  # fmt: skip
+        keep = {name: torch.isin(y, torch.tensor(list(c))) for name, c in _GROUPS.items()}
+        return {name: (x[k], y[k]) for name, k in keep.items()}
 
     masks = train_masks(
         model, split(train_set), F.cross_entropy, steps=cfg["mask_steps"], beta=cfg["beta"], batch_size=128,

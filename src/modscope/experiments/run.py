@@ -63,7 +63,7 @@ class Run:
         self.config = _canonical(dict(config))
         self.progress = progress
         self._started = time.perf_counter()
-        head = {"experiment": experiment, "setting": setting, "config": self.config}
+        self._head = head = {"experiment": experiment, "setting": setting, "config": self.config}
         marker = self.out / "run.json"
         if fresh and self.out.exists():
             if not marker.is_file() and any(self.out.iterdir()):
@@ -147,5 +147,4 @@ class Run:
         return self._seconds_before + time.perf_counter() - self._started
 
     def _save_seconds(self) -> None:
-        head = {"experiment": self.experiment, "setting": self.setting, "config": self.config}
-        write_json_atomic(self.out / "run.json", {**head, "seconds": self.seconds()})
+        write_json_atomic(self.out / "run.json", {**self._head, "seconds": self.seconds()})
