@@ -3,7 +3,9 @@
 FNN 42-800x4-20 (the arithmetic network of Csordás et al. 2021), batch 128, samples=4:
 
 * mask step / plain Adam step of the same model and batch (target: at most 1.5x on CPU);
-* one step training 3 tasks concurrently / 3 steps of single-task runs (target: at most 1.0).
+* one step training 3 tasks concurrently / 3 steps of single-task runs (target: at most 1.0);
+* where a mask step's time goes, for one 800x800 layer: sampling the masked weights, the three matmuls on
+  per-sample weights, the logit gradient, against the three matmuls of the plain step.
 
 Per-step times come from the progress callback's timestamps; medians over repeats, warm-up steps excluded.
 Run: ``python benchmarks/bench_masks.py [--steps 30] [--repeats 3]``.
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modscope.masks import train_masks
+from modscope.masks.sampling import masked_weight_list, noise_keys, to_flat
 
 
 def fnn(hidden: int = 800, depth: int = 4, seed: int = 0) -> nn.Sequential:
@@ -79,6 +82,49 @@ def mask_step_times(model: nn.Module, n_tasks: int, steps: int, batch: int, samp
     return [b - a for a, b in zip([t0, *stamps[:-1]], stamps, strict=True)]
 
 
+def median_ms(fn, repeats: int = 40) -> float:
+    for _ in range(5):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def layer_breakdown(batch: int, samples: int, width: int = 800) -> dict[str, float]:
+    """Milliseconds per part of one hidden layer's share of a step (the masked step's parts, then the plain
+    step's three matmuls on the same batch)."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(width, width, generator=g) / width**0.5
+    flat = to_flat(w, (width, width))
+    logits = torch.full((1, flat.numel()), 2.0, requires_grad=True)
+    keys = noise_keys(samples, g).unsqueeze(0)
+    x = torch.randn(samples, batch // samples, width, generator=g)
+    go = torch.randn(samples, batch // samples, width, generator=g)
+    probs = torch.sigmoid(logits.detach())  # once per step for all layers in training
+    (sampled,) = masked_weight_list(logits, keys, flat, [(width, width)], probs=probs)
+    wm = sampled[0].detach()  # (S, out, in), a view of the (in, out) layout
+    # the weight gradient as autograd produces it in training: (in, out) contiguous, seen as (out, in)
+    grad_w = torch.bmm(x.transpose(1, 2), go).transpose(1, 2)
+    xb, gob = x.reshape(batch, width), go.reshape(batch, width)
+    return {
+        "sample masked weights": median_ms(
+            lambda: masked_weight_list(logits.detach(), keys, flat, [(width, width)], True, probs)
+        ),
+        "forward matmul": median_ms(lambda: torch.bmm(x, wm.transpose(1, 2))),
+        "input-gradient matmul": median_ms(lambda: torch.bmm(go, wm)),
+        "weight-gradient matmul": median_ms(lambda: torch.bmm(x.transpose(1, 2), go)),
+        "logit gradient": median_ms(
+            lambda: torch.autograd.grad(sampled, logits, grad_w.unsqueeze(0), retain_graph=True)
+        ),
+        "plain: forward matmul": median_ms(lambda: xb @ w.t()),
+        "plain: input-gradient matmul": median_ms(lambda: gob @ w),
+        "plain: weight-gradient matmul": median_ms(lambda: gob.t() @ xb),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=30)
@@ -108,6 +154,11 @@ def main(argv: list[str] | None = None) -> None:
         f"mask step (3 tasks)      {mask3 * 1e3:8.2f} ms   ratio to 3 separate {mask3 / (3 * mask1):5.2f}"
         "  (target <= 1.0)"
     )
+    parts = layer_breakdown(args.batch, args.samples)
+    plain_ms = sum(v for k, v in parts.items() if k.startswith("plain"))
+    print(f"one 800x800 layer: masked parts {sum(parts.values()) - plain_ms:.2f} ms, plain {plain_ms:.2f} ms")
+    for name, ms in parts.items():
+        print(f"  {name:30s} {ms:6.2f}")
 
 
 if __name__ == "__main__":

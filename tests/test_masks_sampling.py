@@ -192,3 +192,20 @@ def test_flat_layout_round_trip_and_nonfinite_weights_dropped_exactly():
     keys = keys_for(1, 1, torch.Generator().manual_seed(0))
     out = sampling.masked_weights(torch.full((1, 3), -30.0), keys, weight)  # every weight dropped
     assert torch.equal(out, torch.zeros(1, 1, 3))
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_keep_probabilities_are_the_sigmoid_and_the_read_out_count(monkeypatch, compiled):
+    from modscope.masks import sampling
+
+    monkeypatch.setattr(sampling, "_COMPILE", compiled)
+    monkeypatch.setattr(sampling, "_COMPILE_MIN_ELEMENTS", 0)
+    logits = torch.tensor([[-3.0, 0.0, 0.5, 2.0], [1.0, 1.0, -1.0, 9.0]])
+    probs, kept = sampling.keep_probabilities(logits)
+    assert torch.allclose(probs, torch.sigmoid(logits))
+    assert kept.tolist() == [2, 3]  # logit 0 is not kept: the read-out is logit > 0
+
+    keys = keys_for(2, 3, torch.Generator().manual_seed(0))
+    weight = torch.randn(4)
+    given = sampling.masked_weight_list(logits, keys, weight, [(2, 2)], probs=probs)[0]
+    assert torch.equal(given, sampling.masked_weight_list(logits, keys, weight, [(2, 2)])[0])

@@ -7,6 +7,7 @@ Csordás et al., "Are Neural Nets Modular?" (ICLR 2021, arXiv:2010.02066), §2: 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -18,9 +19,9 @@ from torch import Tensor
 
 __all__ = [
     "bits_to_uniform",
-    "count_kept",
     "from_flat",
     "hard_gumbel_sigmoid",
+    "keep_probabilities",
     "logistic_noise",
     "masked_weight_list",
     "masked_weights",
@@ -83,13 +84,14 @@ def noise_keys(samples: int, generator: torch.Generator) -> Tensor:
     return keys.to(torch.int32)
 
 
-def _shift_keys(keys: Tensor, start: int) -> Tensor:
-    """Keys whose index 0 is index ``start`` of ``keys`` (``b + a * start`` modulo 2**32)."""
-    if start == 0:
+def _shift_keys(keys: Tensor, start: int | Tensor) -> Tensor:
+    """Keys whose index 0 is index ``start`` of ``keys`` (``b + a * start`` modulo 2**32); ``start`` an int
+    or an int64 tensor that broadcasts against ``keys[..., 0]``."""
+    if isinstance(start, int) and start == 0:
         return keys
     k = keys.to(torch.int64)
     b = (k[..., 1] + k[..., 0] * start + 2**31) % 2**32 - 2**31
-    return torch.stack([k[..., 0], b], dim=-1).to(torch.int32)
+    return torch.stack([k[..., 0].expand_as(b), b], dim=-1).to(torch.int32)
 
 
 def _bits(keys: Tensor, n: int) -> Tensor:
@@ -118,34 +120,34 @@ def bits_to_uniform(bits: Tensor) -> Tensor:
     return (bits.to(torch.float32) + 32768.5) / 65536.0
 
 
-def _threshold(logits: Tensor) -> Tensor:
-    """Per-logit threshold: a sample keeps a weight iff ``bits > threshold`` (see :func:`_keep`)."""
-    # keep iff u = (bits + 32768.5) / 65536 > q = sigmoid(-logit)  <=>  bits > 65536 q - 32768.5
-    return torch.sigmoid(-logits) * 65536.0 - 32768.5
+def _threshold(probs: Tensor) -> Tensor:
+    """Per-weight threshold: a sample keeps a weight iff ``bits > threshold`` (see :func:`_keep`)."""
+    # keep iff u = (bits + 32768.5) / 65536 > 1 - p  <=>  bits > 32767.5 - 65536 p
+    return 32767.5 - 65536.0 * probs
 
 
-def _keep(keys: Tensor, logits: Tensor, weight: Tensor) -> Tensor:
-    """``weight * (bits > threshold(logits))``: ``(T, S, 2)`` keys, ``(T, 1, n)`` logits, ``(n,)`` finite
-    weights.
+def _keep(keys: Tensor, probs: Tensor, weight: Tensor) -> Tensor:
+    """``weight * (bits > threshold(probs))``: ``(T, S, 2)`` keys, ``(T, 1, n)`` keep probabilities
+    ``sigmoid(logits)``, ``(n,)`` finite weights.
 
     A product, not ``where``: compiled, it vectorizes (``where`` does not, 6x slower); non-finite weights go
     to :func:`_keep_where`, so a dropped entry is exactly 0 either way. The threshold is recomputed per sample
     inside the kernel: the kernel is bound by writing its output, and a separate pass would cost more.
     """
-    threshold = _threshold(logits)
+    threshold = _threshold(probs)
     return weight * (_bits(keys, weight.shape[0]) > threshold)
 
 
-def _keep_where(keys: Tensor, logits: Tensor, weight: Tensor) -> Tensor:
-    threshold = _threshold(logits)
+def _keep_where(keys: Tensor, probs: Tensor, weight: Tensor) -> Tensor:
+    threshold = _threshold(probs)
     keep = _bits(keys, weight.shape[0]) > threshold
     return torch.where(keep, weight, torch.zeros((), dtype=weight.dtype))
 
 
-def _soft_grad(keys: Tensor, logits: Tensor, grad: Tensor, weight: Tensor) -> Tensor:
+def _soft_grad(keys: Tensor, probs: Tensor, grad: Tensor, weight: Tensor) -> Tensor:
     """``sum_s grad[:, s] * weight * sigmoid'(logit + logit(u_s))`` for ``(T, S, 2)`` keys, ``(T, S, n)``
-    grad, ``(T, n)`` logits and ``(n,)`` weights; returns ``(T, n)``. With ``p = sigmoid(logit)``,
-    ``q = 1 - p``:
+    grad, ``(T, n)`` keep probabilities ``p = sigmoid(logit)`` and ``(n,)`` weights; returns ``(T, n)``.
+    With ``q = 1 - p``:
 
     In units of 1/K (K = 65536) with w = bits + 0.5, so u = 1/2 + w/K:
     u (1 - u) = (K^2/4 - w^2) / K^2 and q + u (p - q) = (K/2 + w (p - q)) / K, hence
@@ -153,7 +155,7 @@ def _soft_grad(keys: Tensor, logits: Tensor, grad: Tensor, weight: Tensor) -> Te
     """
     # A sum over an unrolled loop of samples, not .sum(1): compiled, the strided reduction over the sample
     # dimension is not vectorized, while each term (contiguous in n) is.
-    p = torch.sigmoid(logits)
+    p = probs
     d = 2.0 * p - 1.0
     n = weight.shape[0]
     acc = None
@@ -165,8 +167,9 @@ def _soft_grad(keys: Tensor, logits: Tensor, grad: Tensor, weight: Tensor) -> Te
     return acc * (p * (1.0 - p) * weight)
 
 
-def _count_kept(logits: Tensor) -> Tensor:
-    return (logits > 0).sum(-1, dtype=torch.int64 if logits.shape[-1] >= 2**31 else torch.int32)
+def _probabilities(logits: Tensor) -> tuple[Tensor, Tensor]:
+    kept = (logits > 0).sum(-1, dtype=torch.int64 if logits.shape[-1] >= 2**31 else torch.int32)
+    return torch.sigmoid(logits), kept
 
 
 # The kernels above touch T * S * N elements each (every weight of every sample) and dominate a mask step
@@ -176,7 +179,7 @@ _kernels: dict[str, Any] = {
     "keep": _keep,
     "keep_where": _keep_where,
     "soft_grad": _soft_grad,
-    "count_kept": _count_kept,
+    "probabilities": _probabilities,
 }
 _compiled: dict[str, Any] = {}
 _COMPILE = os.environ.get("MODSCOPE_COMPILE", "1") not in ("0", "false", "no", "")
@@ -186,7 +189,7 @@ _COMPILE = os.environ.get("MODSCOPE_COMPILE", "1") not in ("0", "false", "no", "
 _COMPILE_MIN_ELEMENTS = 1 << 16
 
 
-def _run(name: str, size: int, *args: Tensor) -> Tensor:
+def _run(name: str, size: int, *args: Tensor) -> Any:
     """Kernel ``name`` on ``args``; compiled when it touches ``size >= _COMPILE_MIN_ELEMENTS`` elements."""
     if not _COMPILE or size < _COMPILE_MIN_ELEMENTS:
         return _kernels[name](*args)
@@ -205,10 +208,13 @@ def _run(name: str, size: int, *args: Tensor) -> Tensor:
     return _kernels[name](*args)
 
 
-def count_kept(logits: Tensor) -> Tensor:
-    """Per row of ``(T, N)`` logits, how many are kept by the read-out ``logit > 0`` (a compiled reduction:
-    the eager ``(logits > 0).float().mean(1)`` costs several passes over the logits)."""
-    return _run("count_kept", logits.numel(), logits.detach())
+def keep_probabilities(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """``sigmoid(logits)`` of ``(T, N)`` logits, and per row how many the read-out ``logit > 0`` keeps.
+
+    One pass over the logits: the probabilities feed both kernels of :func:`masked_weight_list` (forward
+    threshold, backward soft gradient), so a training step computes the sigmoid once, not in each kernel.
+    """
+    return _run("probabilities", logits.numel(), logits.detach())
 
 
 def _is_transposed(shape: tuple[int, ...]) -> bool:
@@ -254,44 +260,49 @@ class _MaskedWeights(torch.autograd.Function):
         weight: Tensor,
         shapes: tuple[tuple[int, ...], ...],
         finite: bool | None,
+        probs: Tensor,
     ):
-        lg = logits.detach().unsqueeze(1)
         if finite is None:
             finite = bool(torch.isfinite(weight).all())
         keep = "keep" if finite else "keep_where"
-        outs, start = [], 0
-        for shape in shapes:
-            end = start + math.prod(shape)
-            k = _shift_keys(keys, start)
+        pr = probs.unsqueeze(1)
+        outs = []
+        for shape, k, (start, end) in zip(shapes, _param_keys(keys, shapes), _bounds(shapes), strict=True):
             size = k.shape[0] * k.shape[1] * (end - start)
-            out = _run(keep, size, k, lg[..., start:end], weight[start:end])
-            outs.append(from_flat(out, shape))
-            start = end
+            outs.append(from_flat(_run(keep, size, k, pr[..., start:end], weight[start:end]), shape))
         return tuple(outs)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
-        logits, keys, weight, shapes, _ = inputs
-        ctx.save_for_backward(logits, keys, weight)
+        _, keys, weight, shapes, _, probs = inputs
+        ctx.save_for_backward(keys, weight, probs)
         ctx.shapes = shapes
 
     @staticmethod
     def backward(ctx, *grads: Tensor):  # type: ignore[override]
-        logits, keys, weight = ctx.saved_tensors
-        n_tasks = keys.shape[0]
-        lg = logits.detach()
-        parts, start = [], 0
-        for shape, grad in zip(ctx.shapes, grads, strict=True):
-            end = start + math.prod(shape)
+        keys, weight, probs = ctx.saved_tensors
+        parts = []
+        bounds = _bounds(ctx.shapes)
+        for shape, grad, k, (start, end) in zip(
+            ctx.shapes, grads, _param_keys(keys, ctx.shapes), bounds, strict=True
+        ):
             if grad is None:
-                parts.append(torch.zeros(n_tasks, end - start, dtype=logits.dtype, device=logits.device))
+                parts.append(probs.new_zeros(probs.shape[0], end - start))
             else:
                 g = to_flat(grad, shape)
-                k = _shift_keys(keys, start)
-                size = g.numel()
-                parts.append(_run("soft_grad", size, k, lg[..., start:end], g, weight[start:end]))
-            start = end
-        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0], None, None, None, None
+                parts.append(_run("soft_grad", g.numel(), k, probs[:, start:end], g, weight[start:end]))
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0], None, None, None, None, None
+
+
+def _bounds(shapes: Sequence[tuple[int, ...]]) -> list[tuple[int, int]]:
+    ends = list(itertools.accumulate(math.prod(s) for s in shapes))
+    return list(zip([0, *ends[:-1]], ends, strict=True))
+
+
+def _param_keys(keys: Tensor, shapes: Sequence[tuple[int, ...]]) -> Tensor:
+    """``(P, T, S, 2)``: for each parameter, the keys whose index 0 is the parameter's first weight."""
+    starts = torch.tensor([b[0] for b in _bounds(shapes)], dtype=torch.int64, device=keys.device)
+    return _shift_keys(keys.unsqueeze(0), starts.view(-1, 1, 1))
 
 
 def masked_weight_list(
@@ -300,17 +311,21 @@ def masked_weight_list(
     weight: Tensor,
     shapes: Sequence[tuple[int, ...]],
     finite: bool | None = None,
+    probs: Tensor | None = None,
 ) -> tuple[Tensor, ...]:
     """:func:`masked_weights` cut into parameters: one ``(T, S, *shape)`` tensor per entry of ``shapes``
     (whose sizes add up to ``N``, in order), each parameter's slice of ``logits``, the noise and ``weight``
     in the layout of :func:`to_flat` (2-d parameters transposed). ``finite``: whether all weights are finite
-    (checked when None; a caller reusing ``weight`` passes it once known)."""
+    (checked when None; a caller reusing ``weight`` passes it once known). ``probs``: ``sigmoid(logits)``
+    when the caller has it (:func:`keep_probabilities`), else computed here."""
     shapes = tuple(tuple(s) for s in shapes)
     if sum(math.prod(s) for s in shapes) != weight.numel():
         raise ValueError(f"shapes {shapes} do not add up to {weight.numel()} weights")
     if weight.numel() > 2**31:
         raise ValueError(f"at most 2**31 masked weights, got {weight.numel()}")
-    return _MaskedWeights.apply(logits, keys, weight, shapes, finite)
+    if probs is None:
+        probs = torch.sigmoid(logits.detach())
+    return _MaskedWeights.apply(logits, keys, weight, shapes, finite, probs)
 
 
 def masked_weights(logits: Tensor, keys: Tensor, weight: Tensor) -> Tensor:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from modscope.checkpoint import load_checkpoint, save_checkpoint
 from modscope.masks.forward import grouped_forward, vmap_supported
 from modscope.masks.maskset import MaskSet, model_fingerprint
-from modscope.masks.sampling import count_kept, from_flat, masked_weight_list, noise_keys, to_flat
+from modscope.masks.sampling import from_flat, keep_probabilities, masked_weight_list, noise_keys, to_flat
 from modscope.masks.selection import Include, select_parameters
 
 __all__ = ["Progress", "train_masks"]
@@ -275,7 +275,8 @@ def train_masks(
         )
 
     def loss_of(batches: list[tuple[tuple[Tensor, ...], Tensor]], keys: Tensor, how: str):
-        substituted = dict(zip(names, masked_weight_list(logits, keys, weight, shapes, finite), strict=True))
+        sampled = masked_weight_list(logits, keys, weight, shapes, finite, probs)
+        substituted = dict(zip(names, sampled, strict=True))
         outputs = grouped_forward(model, substituted, [args for args, _ in batches], samples, how)
         task_losses = []
         for t, (out, (_, targets)) in enumerate(zip(outputs, batches, strict=True)):
@@ -288,6 +289,7 @@ def train_masks(
         task_losses = torch.stack(task_losses)
         return task_losses.sum(), task_losses.detach()
 
+    probs, _ = keep_probabilities(logits)
     with frozen(model):
         for step in range(start, steps):
             batches = []
@@ -326,17 +328,18 @@ def train_masks(
             logits.grad = grad
             optimizer.step()
             logits.grad = None
+            probs, kept = keep_probabilities(logits)
             done = step + 1
             if checkpoint is not None and (done % checkpoint_every == 0 or done == steps):
                 save(done)
             if progress is not None:
-                kept = [c / n_weights for c in count_kept(logits).tolist()]
+                fractions = [c / n_weights for c in kept.tolist()]
                 progress(
                     done,
                     steps,
                     {
                         "loss": dict(zip(task_names, values, strict=True)),
-                        "kept": dict(zip(task_names, kept, strict=True)),
+                        "kept": dict(zip(task_names, fractions, strict=True)),
                     },
                 )
             if done % 1000 == 0 or done == steps:
