@@ -39,22 +39,22 @@ class Recorder:
         return {c[0] for c in self.calls}
 
 
-@pytest.fixture(scope="module")
-def addmul_run(one_thread, tmp_path_factory):
-    out = tmp_path_factory.mktemp("addmul")
+def _timed_run(name, overrides, tmp_path_factory):
+    out = tmp_path_factory.mktemp(name)
     progress = Recorder()
     start = time.perf_counter()
-    result = reproduce("addmul", out, overrides=ADDMUL_CI, progress=progress)
+    result = reproduce(name, out, overrides=overrides, progress=progress)
     return out, result, progress, time.perf_counter() - start
+
+
+@pytest.fixture(scope="module")
+def addmul_run(one_thread, tmp_path_factory):
+    return _timed_run("addmul", ADDMUL_CI, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def da_run(one_thread, tmp_path_factory):
-    out = tmp_path_factory.mktemp("double-addition")
-    progress = Recorder()
-    start = time.perf_counter()
-    result = reproduce("double-addition", out, overrides=DA_CI, progress=progress)
-    return out, result, progress, time.perf_counter() - start
+    return _timed_run("double-addition", DA_CI, tmp_path_factory)
 
 
 def _json(result: RunResult) -> dict:

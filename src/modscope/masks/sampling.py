@@ -256,7 +256,7 @@ class _MaskedWeights(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
         logits: Tensor,
-        keys: Tensor,
+        param_keys: Tensor,
         weight: Tensor,
         shapes: tuple[tuple[int, ...], ...],
         finite: bool | None,
@@ -267,25 +267,23 @@ class _MaskedWeights(torch.autograd.Function):
         keep = "keep" if finite else "keep_where"
         pr = probs.unsqueeze(1)
         outs = []
-        for shape, k, (start, end) in zip(shapes, _param_keys(keys, shapes), _bounds(shapes), strict=True):
+        for shape, k, (start, end) in zip(shapes, param_keys, _bounds(shapes), strict=True):
             size = k.shape[0] * k.shape[1] * (end - start)
             outs.append(from_flat(_run(keep, size, k, pr[..., start:end], weight[start:end]), shape))
         return tuple(outs)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
-        _, keys, weight, shapes, _, probs = inputs
-        ctx.save_for_backward(keys, weight, probs)
+        _, param_keys, weight, shapes, _, probs = inputs
+        ctx.save_for_backward(param_keys, weight, probs)
         ctx.shapes = shapes
 
     @staticmethod
     def backward(ctx, *grads: Tensor):  # type: ignore[override]
-        keys, weight, probs = ctx.saved_tensors
+        param_keys, weight, probs = ctx.saved_tensors
         parts = []
         bounds = _bounds(ctx.shapes)
-        for shape, grad, k, (start, end) in zip(
-            ctx.shapes, grads, _param_keys(keys, ctx.shapes), bounds, strict=True
-        ):
+        for shape, grad, k, (start, end) in zip(ctx.shapes, grads, param_keys, bounds, strict=True):
             if grad is None:
                 parts.append(probs.new_zeros(probs.shape[0], end - start))
             else:
@@ -325,7 +323,8 @@ def masked_weight_list(
         raise ValueError(f"at most 2**31 masked weights, got {weight.numel()}")
     if probs is None:
         probs = torch.sigmoid(logits.detach())
-    return _MaskedWeights.apply(logits, keys, weight, shapes, finite, probs)
+    # keys per parameter, derived once for the forward and the backward pass
+    return _MaskedWeights.apply(logits, _param_keys(keys, shapes), weight, shapes, finite, probs)
 
 
 def masked_weights(logits: Tensor, keys: Tensor, weight: Tensor) -> Tensor:
