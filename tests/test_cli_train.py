@@ -81,3 +81,29 @@ def test_bad_combinations_are_refused(tmp_path, capsys):
     assert "trains on ['addmul']" in capsys.readouterr().err
     assert set(RECIPES) >= {"clusterability-mlp", "small-cnn", "addmul-fnn", "addmul-lstm",
                             "double-addition-fnn", "cifar-cnn", "scan-lstm", "scan-transformer"}  # fmt: skip
+
+
+def test_authors_protocol_options_reach_the_training(tmp_path, capsys):
+    out = tmp_path / "addmul.safetensors"
+    args = ["train", "addmul-fnn", "--steps", "3", "--init", "torch", "--clip", "1.0", "--heldout", "0",
+            "--out", str(out), "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    training = read_metadata(out)["training"]
+    assert (training["init"], training["heldout"]) == ("torch", 0.0)
+    assert training["phases"][0]["clip_grad_norm"] == 1.0
+    model, _ = load_model(out)
+    bound = 1 / 42**0.5  # PyTorch's default Linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) before training
+    assert model.fc1.weight.abs().max() < bound + 3 * 1e-3
+
+
+def test_init_torch_is_seeded_and_leaves_the_global_rng_alone():
+    from modscope.models import build_model
+
+    state = torch.random.get_rng_state()
+    a, b = (build_model("mlp:42-64x2-20", seed=5, init="torch") for _ in range(2))
+    c = build_model("mlp:42-64x2-20", seed=6, init="torch")
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert torch.equal(a.fc1.weight, b.fc1.weight) and not torch.equal(a.fc1.weight, c.fc1.weight)
+    assert a.fc1.bias.abs().max() <= 1 / 42**0.5 and a.fc1.bias.abs().max() > 0
+    with pytest.raises(ValueError, match="init must be one of"):
+        build_model("mlp:42-64x2-20", init="he")

@@ -1,4 +1,5 @@
-"""The functional-lens reproductions of Csordás et al. (arXiv:2010.02066), CI-sized."""
+"""The functional-lens reproductions of Csordás et al. (arXiv:2010.02066): CI-sized runs, and the analysis of
+one network checked on planted networks whose answers are known by construction."""
 
 import json
 import math
@@ -9,15 +10,17 @@ import torch
 
 from modscope import data
 from modscope.atomic import finite
-from modscope.experiments import RunResult, experiment_config, reproduce
+from modscope.experiments import RunResult, arithmetic, experiment_config, reproduce
 from modscope.experiments import addmul as addmul_module
-from modscope.experiments.addmul import CHANCE, SPECIALIZED, exact_match
-from modscope.experiments.double_addition import REUSED
-from modscope.masks import MaskEvalTable, MaskSet, iomin, iou, p_specialize, relative_drop
-from modscope.models import load_model
+from modscope.experiments import double_addition as da_module
+from modscope.experiments.addmul import SPECIALIZED
+from modscope.experiments.arithmetic import CHANCE, convergence, exact_match
+from modscope.experiments.double_addition import IO_FROM_CONTROL, REUSED
+from modscope.masks import Mask, MaskEvalTable, MaskSet, iomin, iou, p_specialize
+from modscope.models import build_model, load_model
 
 ADDMUL_CI = {
-    "hidden": "16x2",
+    "hidden": "16x2,24x2",
     "train_steps": 40,
     "mask_steps": 8,
     "mask_batch": 32,
@@ -26,6 +29,7 @@ ADDMUL_CI = {
 }
 DA_CI = {"hidden": "16x2", "train_steps": 40, "mask_steps": 8, "mask_batch": 32}
 MASK_KEYS = {"kind", "title", "layers", "sizes", "kept", "iou", "iomin", "pair", "accuracy"}
+UNITS = ("fnn-16x2-0", "fnn-24x2-0", "lstm-8x1-0")
 
 
 class Recorder:
@@ -71,16 +75,178 @@ def _check_masks_section(section, pair):
     assert section["pair"] == list(pair)
     layers = section["layers"]
     assert set(section["sizes"]) == set(section["iou"]) == set(section["iomin"]) == set(layers)
-    assert set(pair) <= set(section["kept"])
     for kept in section["kept"].values():
         assert set(kept) == set(layers)
         assert all(isinstance(kept[n], int) and 0 <= kept[n] <= section["sizes"][n] for n in layers)
     for n in layers:
-        for v in (section["iou"][n], section["iomin"][n]):
-            assert v is None or 0.0 <= v <= 1.0
         if section["iou"][n] is not None:
-            assert section["iou"][n] <= section["iomin"][n] + 1e-12
+            assert 0.0 <= section["iou"][n] <= section["iomin"][n] + 1e-12 <= 1.0 + 1e-12
     _check_table(section["accuracy"])
+
+
+# ------------------------------------------------------------------------------------ planted networks
+def _onehot(a: int, b: int) -> list[int]:
+    """Input indices of a and b in the addmul / double-addition digit encoding (tens first)."""
+    return [a // 10, 10 + a % 10, 20 + b // 10, 30 + b % 10]
+
+
+PLUS = [(11, 11), (12, 21), (13, 31), (14, 41)]  # sums 22, 33, 44, 55: no digit 0
+TIMES = [(11, 2), (3, 11), (2, 22), (5, 11)]  # products 22, 33, 44, 55
+
+
+def _planted_addmul():
+    """A 42-9-20 MLP that looks its 8 examples up: unit j < 4 answers PLUS[j], 4 <= j < 8 TIMES[j - 4], and
+    unit 8 (S, on for every input) cancels a bias that would otherwise make every answer digit 0. Each
+    example needs its own unit and S; nothing else."""
+    model = build_model("mlp:42-9-20")
+    fc1, out = model.fc1, model.out
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        examples = [(a, b, 40) for a, b in PLUS] + [(a, b, 41) for a, b in TIMES]
+        for j, (a, b, op) in enumerate(examples):
+            fc1.weight[j, [*_onehot(a, b), op]] = 1.0
+            fc1.bias[j] = -4.5  # on (0.5) only when all 5 inputs match
+            r = (a + b) % 100 if op == 40 else (a * b) % 100
+            out.weight[[r // 10, 10 + r % 10], j] = 4.0
+        fc1.weight[8, [40, 41]] = 1.0  # S = 1 for every input
+        out.weight[[0, 10], 8] = -3.0
+        out.bias[[0, 10]] = 3.0
+    evals = {}
+    for op, pairs in (("+", PLUS), ("*", TIMES)):
+        x = torch.zeros(len(pairs), 42)
+        for i, (a, b) in enumerate(pairs):
+            x[i, [*_onehot(a, b), 40 if op == "+" else 41]] = 1.0
+        r = torch.tensor([(a + b) % 100 if op == "+" else (a * b) % 100 for a, b in pairs])
+        evals[op] = (x, torch.stack([r // 10, r % 10], 1))
+    return model, evals
+
+
+def _units_mask(model, units) -> Mask:
+    """Keep every weight into and out of the given hidden units (the first and last layer of an MLP)."""
+    names = [n for n, _ in model.named_parameters() if n.endswith("weight")]
+    params = dict(model.named_parameters())
+    out = {}
+    for n in names:
+        m = torch.zeros(params[n].shape, dtype=torch.bool)
+        if n == names[0]:
+            m[list(units)] = True
+        elif n == names[-1]:
+            m[:, list(units)] = True
+        else:  # hidden-to-hidden: the diagonal of the kept units
+            m[list(units), list(units)] = True
+        out[n] = m
+    return Mask(out)
+
+
+def test_planted_addmul_full_and_control_reference():
+    model, evals = _planted_addmul()
+    p012, t, s = [0, 1, 2], [4, 5, 6, 7], [8]  # P3 (unit 3) is in no mask
+    masks = MaskSet({
+        "control": _units_mask(model, [*p012, *t, *s]),  # misses P3: control accuracy on + is 0.75
+        "+": _units_mask(model, [*p012, *s]),  # misses P3 too
+        "*": _units_mask(model, [*t, *s]),
+    })  # fmt: skip
+    found = addmul_module.analyze(model, masks, evals, reference="control")
+    tab = MaskEvalTable.from_dict(found["table"])
+    expect = {  # condition -> (accuracy on +, accuracy on ×), worked out from the construction
+        ("full", None): (1.0, 1.0),
+        ("mask", "control"): (0.75, 1.0),
+        ("mask", "+"): (0.75, 0.0),
+        ("inverted", "+"): (0.0, 0.0),  # keeps P3 and T, loses S
+        ("mask", "*"): (0.0, 1.0),
+        ("inverted", "*"): (0.0, 0.0),
+        ("mask", "+ only"): (0.0, 0.0),  # P0-P2 without S
+        ("mask", "* only"): (0.0, 0.0),
+        ("mask", "core"): (0.0, 0.0),  # S alone
+        ("inverted", "+ only"): (0.25, 1.0),  # P3, T and S
+        ("inverted", "* only"): (1.0, 0.0),  # P and S
+        ("inverted", "core"): (0.0, 0.0),
+    }
+    for (kind, task), (plus, times) in expect.items():
+        assert (tab.score(kind, task, "+"), tab.score(kind, task, "*")) == (plus, times), (kind, task)
+    # Whole masks: removing either kills both (the core S goes with it): no specialization.
+    assert found["p_specialize"] == {"+|*": 0.0, "*|+": 0.0}
+    # Exclusive weights, drops from the control mask's 0.75 on +: d_+ = (0.75 - 0.25) / (0.75 - 0.01).
+    excl = found["p_specialize_exclusive"]
+    assert excl["+|*"] == pytest.approx((0.75 - 0.25) / (0.75 - CHANCE))
+    assert excl["*|+"] == pytest.approx(1.0)
+    # Against the full network (1.0) the same removal is a larger drop.
+    full = addmul_module.analyze(model, masks, evals, reference="full")
+    assert full["p_specialize_exclusive"]["+|*"] == pytest.approx((1.0 - 0.25) / (1.0 - CHANCE))
+    # The authors' sharing statistic: S's 42 + 20 weights out of the + mask's 4 * 42 + 4 * 20.
+    assert found["shared"]["+"]["total"] == pytest.approx(62 / 248)
+    assert found["shared"]["+"]["per_layer"] == {"fc1.weight": 0.25, "out.weight": 0.25}
+    assert found["shared"]["*"]["total"] == pytest.approx(62 / 310)
+    assert found["derived_kept"]["core"] == {"fc1.weight": 42, "out.weight": 20}
+    assert found["derived_kept"]["+ only"] == {"fc1.weight": 3 * 42, "out.weight": 3 * 20}
+
+
+def _planted_double_addition():
+    """An 80-7-7-40 MLP: hidden units A0-A2 answer three pair-1 examples, B0-B2 the same sums in pair 2's
+    position (fc2 the identity on them); unit 6 is unused."""
+    model = build_model("mlp:80-7-7-40")
+    pairs = [(11, 11), (12, 21), (13, 31)]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        for pair in (0, 1):
+            for i, (a, b) in enumerate(pairs):
+                j = 3 * pair + i
+                model.fc1.weight[j, [40 * pair + k for k in _onehot(a, b)]] = 1.0
+                model.fc1.bias[j] = -3.5
+                model.fc2.weight[j, j] = 1.0
+                r = (a + b) % 100
+                model.out.weight[[20 * pair + r // 10, 20 * pair + 10 + r % 10], j] = 4.0
+    evals = {}
+    for name, pair in (("pair 1", 0), ("pair 2", 1)):
+        x = torch.zeros(3, 80)
+        y = torch.full((3, 4), -100)
+        for i, (a, b) in enumerate(pairs):
+            x[i, [40 * pair + k for k in _onehot(a, b)]] = 1.0
+            r = (a + b) % 100
+            y[i, 2 * pair : 2 * pair + 2] = torch.tensor([r // 10, r % 10])
+        evals[name] = (x, y)
+    return model, evals
+
+
+def test_planted_double_addition_both_inverted_variants():
+    model, evals = _planted_double_addition()
+    one = _units_mask(model, [0, 1, 2])
+    # pair 1's mask also (wastefully) keeps B0's input weights, which pair 2 needs
+    one = Mask({n: m | _units_mask(model, [3])[n] if n == "fc1.weight" else m for n, m in one.items()})
+    two = _units_mask(model, [3, 4, 5])
+    masks = MaskSet({"control": one | two, "pair 1": one, "pair 2": two})
+    found = da_module.analyze(model, masks, evals, reference="control")
+    tab = MaskEvalTable.from_dict(found["table"])
+    io1, io2 = IO_FROM_CONTROL.format("pair 1"), IO_FROM_CONTROL.format("pair 2")
+    assert tab.score("mask", "control", "pair 2") == 1.0
+    # Inverted everywhere, removing pair 1's weights takes B0's input row: pair 2 loses one of three.
+    assert tab.score("inverted", "pair 1", "pair 2") == pytest.approx(2 / 3)
+    assert tab.score("inverted", "pair 1", "pair 1") == 0.0
+    # Input and output layers from the control mask: B0 keeps its inputs, pair 1 still loses its hidden path.
+    assert tab.score("mask", io1, "pair 2") == 1.0
+    assert tab.score("mask", io1, "pair 1") == 0.0
+    assert tab.score("mask", io2, "pair 1") == 1.0 and tab.score("mask", io2, "pair 2") == 0.0
+    reuse = found["p_reuse"]
+    assert reuse["functional"]["2|1"] == pytest.approx((1 - 2 / 3) / (1 - CHANCE))
+    assert reuse["functional"]["1|2"] == 0.0
+    assert reuse["functional_io_control"] == {"2|1": 0.0, "1|2": 0.0}
+    # Overlap: only B0's input row (80 weights) is in both masks; the hidden layer shares nothing.
+    assert found["shared_layers"] == ["fc2.weight"] and reuse["iou"] == 0.0
+    assert found["iou"]["per_layer"]["fc1.weight"] == pytest.approx(80 / (4 * 80 + 3 * 80 - 80))
+    assert found["iou"]["total"] == pytest.approx(80 / ((4 * 80 + 3 + 3 * 40) + (3 * 80 + 3 + 3 * 40) - 80))
+    # io_from_control: control in the first and last layers, the inversion in between.
+    derived = da_module.io_from_control(masks, "pair 1")
+    assert torch.equal(derived["fc1.weight"], masks["control"]["fc1.weight"])
+    assert torch.equal(derived["out.weight"], masks["control"]["out.weight"])
+    assert torch.equal(derived["fc2.weight"], ~masks["pair 1"]["fc2.weight"])
+
+
+def test_convergence_reads_the_last_fifth():
+    assert convergence([[100, 0.9], [800, 0.5], [1000, 0.5]]) == 0.0
+    assert convergence([[200, 0.8], [400, 0.6], [600, 0.55], [800, 0.5], [1000, 0.4]]) == pytest.approx(0.25)
+    assert convergence([[100, 0.5]]) is None and convergence([[1, 0.2], [2, 0.0]]) is None
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -96,39 +262,61 @@ def test_exact_match_scores_every_digit_and_skips_ignored_ones():
 
 
 # ------------------------------------------------------------------------------------ addmul
+def test_addmul_defaults_are_the_authors_protocol():
+    for name in ("addmul", "double-addition"):
+        for setting in ("quick", "paper"):
+            cfg = experiment_config(name, setting)
+            assert json.loads(json.dumps(cfg)) == cfg
+            assert (cfg["protocol"], cfg["heldout"], cfg["reference"]) == ("authors", 0.0, "control")
+            assert (cfg["init"], cfg["clip"], cfg["samples"], cfg["train_steps"]) == ("torch", 1.0, 4, 20000)
+        # quick trains the masks with the authors' budget lr x steps (1e-2 x 20k) in fewer, larger steps
+        quick, paper = (experiment_config(name, s) for s in ("quick", "paper"))
+        assert (paper["mask_lr"], paper["mask_steps"]) == (1e-2, 20000)
+        assert quick["mask_lr"] * quick["mask_steps"] == pytest.approx(paper["mask_lr"] * paper["mask_steps"])
+    paper = experiment_config("addmul", "paper")
+    assert (paper["hidden"], paper["beta"], paper["mask_batch"]) == ("2000x4", 1e-4, 128)
+    assert paper["train_steps"] == paper["mask_steps"] == 20000 and paper["lstm"] is True
+    assert experiment_config("double-addition", "paper")["beta"] == 4e-4
+
+
 def test_addmul_results_and_schema(addmul_run):
     out, result, progress, _ = addmul_run
     assert _json(RunResult.load(out / "results.json")) == _json(result)
     assert result.experiment == "addmul" and result.setting == "custom"
-    assert set(result.units) == {"fnn-0", "lstm-0"}
-    assert result.summary["kind"] == "table" and len(result.summary["rows"]) == 2
+    assert tuple(result.units) == UNITS
+    assert len(result.summary["rows"]) == 3
     _check_table(result.summary)
     masks = [s for s in result.sections if s["kind"] == "masks"]
-    assert len(masks) == 2  # one per network kind
-    tables = {s["title"]: s for s in result.sections if s["kind"] == "table"}
-    for s in tables.values():
-        _check_table(s)
-    where = next(s for t, s in tables.items() if t.startswith("Where the masks specialize"))
-    assert [r[:2] for r in where["rows"]] == [["FNN", "+"], ["FNN", "×"], ["LSTM", "+"], ["LSTM", "×"]]
+    assert len(masks) == 3  # one per width and the LSTM
     for s in masks:
         _check_masks_section(s, ["+", "*"])
         assert list(s["kept"]) == ["control", "+", "*"]
         assert [r[0] for r in s["accuracy"]["rows"]] == ["+", "×"]
     # layers in the model's order (input to output), not the alphabetical order of stored documents
     assert masks[0]["layers"] == ["fc1.weight", "fc2.weight", "out.weight"]
-    assert masks[1]["layers"] == ["lstm.weight_ih_l0", "lstm.weight_hh_l0", "out.weight"]
-    assert len(result.claims) == 4  # per network kind: + then ×
-    order = [(k, w) for k in ("fnn-0", "lstm-0") for w in ("+|*", "*|+")]
-    for claim, (key, which) in zip(result.claims, order, strict=True):
+    assert masks[2]["layers"] == ["lstm.weight_ih_l0", "lstm.weight_hh_l0", "out.weight"]
+    tables = {s["title"]: s for s in result.sections if s["kind"] == "table"}
+    core = next(s for t, s in tables.items() if t.startswith("Core analysis"))
+    assert [r[:2] for r in core["rows"]] == [
+        [n, op] for n in ("FNN 42-16-16-20", "FNN 42-24-24-20", "LSTM 8x1") for op in ("+", "×")
+    ]
+    lines = [s for s in result.sections if s["kind"] == "lines"]
+    sharing, curves = lines
+    assert [x for x, _ in sharing["series"]["all layers"]] == [16, 24] or not sharing["series"]["all layers"]
+    assert set(curves["series"]) == {f"{u}: {t}" for u in UNITS for t in ("control", "+", "*")}
+    # per width and kind: + then ×, and the sharing trend last
+    assert len(result.claims) == 7
+    order = [(k, w) for k in UNITS for w in ("+|*", "*|+")]
+    for claim, (key, which) in zip(result.claims, order, strict=False):
         p = result.units[key]["p_specialize"][which]
         assert claim["agrees"] == (None if p is None else p >= SPECIALIZED)
     assert {"networks", "train", "masks"} <= progress.labels()
-    assert ("networks", 2, 2) in progress.calls
+    assert ("networks", 3, 3) in progress.calls
 
 
 def test_addmul_unit_matches_its_files(addmul_run):
     out, result, _, _ = addmul_run
-    doc = result.units["fnn-0"]
+    doc = result.units["fnn-16x2-0"]
     model, _ = load_model(out / doc["model"])
     masks = MaskSet.load(out / doc["masks"], model)
     assert masks.tasks == ("control", "+", "*")
@@ -136,30 +324,29 @@ def test_addmul_unit_matches_its_files(addmul_run):
     assert all(not n.endswith("bias") for n in masks.param_names)  # biases are not masked
     assert doc["iou"] == finite(iou(masks["+"], masks["*"]).to_dict())
     assert doc["iomin"] == finite(iomin(masks["+"], masks["*"]).to_dict())
+    assert set(doc["curves"]) == {"control", "+", "*"} and doc["curves"]["+"][-1][0] == 8
     tab = MaskEvalTable.from_dict(doc["table"])
-    # The full-network score is the saved model's exact-match accuracy on the held-out pairs of that op.
+    # The authors' protocol: every input of the op is evaluated, under the full network and the masks.
     for op in data.OPS:
-        x, y = data.addmul("test", ops=(op,), seed=doc["seed"]).tensors
+        x, y = data.addmul("train", ops=(op,), test_fraction=0.0).tensors
         with torch.no_grad():
             expected = exact_match(model(x), y).double().mean().item()
         assert tab.score("full", None, op) == pytest.approx(expected)
-        assert tab.get("full", None, op).n == len(y) == 1000
-    defined = all(tab.score("full", None, op) > CHANCE for op in data.OPS)
-    expected = p_specialize(tab, "+", "*", CHANCE) if defined else None
+        assert tab.get("full", None, op).n == len(y) == 10000
+    defined = all(tab.score("mask", "control", op) > CHANCE for op in data.OPS)
+    expected = p_specialize(tab, "+", "*", CHANCE, reference="control") if defined else None
     assert doc["p_specialize"]["+|*"] == pytest.approx(expected)
-    row = result.summary["rows"][0]
-    assert row[:4] == ["FNN 0", 0, tab.score("full", None, "+"), tab.score("full", None, "*")]
-    # The exclusive weights: what one mask keeps and the other does not.
-    only = doc["exclusive"]
-    plus, times = masks["+"], masks["*"]
-    assert only["kept"] == {"+ only": (plus - times).kept(), "* only": (times - plus).kept()}
-    tab_only = MaskEvalTable.from_dict(only["table"])
-    assert tab_only.score("full", None, "+") == tab.score("full", None, "+")
-    if defined:
-        drops = [relative_drop(tab_only, s, "inverted", "+ only", CHANCE) for s in ("+", "*")]
-        assert only["p_specialize"]["+|*"] == pytest.approx(drops[0] - drops[1])
-    else:
-        assert only["p_specialize"] == {"+|*": None, "*|+": None}
+    assert result.summary["rows"][0][:4] == [
+        "FNN 42-16-16-20 #0", 0, tab.score("mask", "control", "+"), tab.score("mask", "control", "*")
+    ]
+
+
+def test_addmul_heldout_protocol_evaluates_unseen_pairs(tmp_path, one_thread):
+    cfg = {**ADDMUL_CI, "hidden": "16x2", "lstm": False, "protocol": "heldout", "heldout": 0.1}
+    result = reproduce("addmul", tmp_path, overrides=cfg)
+    tab = MaskEvalTable.from_dict(result.units["fnn-16x2-0"]["table"])
+    assert tab.get("full", None, "+").n == 1000  # the held-out pairs
+    assert "held-out pairs" in next(s for s in result.sections if s["kind"] == "masks")["accuracy"]["title"]
 
 
 def test_addmul_resume_recomputes_nothing(addmul_run, monkeypatch):
@@ -168,8 +355,8 @@ def test_addmul_resume_recomputes_nothing(addmul_run, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("a finished unit was recomputed")
 
-    monkeypatch.setattr(addmul_module, "run_recipe", forbidden)
-    monkeypatch.setattr(addmul_module, "train_masks", forbidden)
+    monkeypatch.setattr(arithmetic, "run_recipe", forbidden)
+    monkeypatch.setattr(arithmetic, "train_masks", forbidden)
     start = time.perf_counter()
     again = reproduce("addmul", out, overrides=ADDMUL_CI)
     assert time.perf_counter() - start < first_seconds
@@ -189,26 +376,24 @@ def test_addmul_refuses_another_config_in_the_same_folder(addmul_run):
     [
         ({"hidden": "16 x2"}, "hidden must be layer sizes"),
         ({"hidden": "0x2"}, "bad layer size|must be"),
+        ({"hidden": "16x2,16x2"}, "lists a width twice"),
         ({"lstm_hidden": "8-8"}, "lstm_hidden must be layer sizes"),
         ({"networks": 0}, "networks must be an int >= 1"),
         ({"beta": -1e-4}, "beta must be a finite number >= 0"),
         ({"mask_lr": 0.0}, "mask_lr must be a finite number > 0"),
         ({"mask_batch": 2}, r"mask_batch \(2\) must be at least samples \(4\)"),
+        ({"protocol": "mine"}, "protocol must be one of"),
+        ({"heldout": 0.1}, "protocol 'authors' trains and evaluates on every input"),
+        ({"protocol": "heldout"}, "needs the share of pairs to hold out"),
+        ({"protocol": "heldout", "heldout": 1.0}, r"heldout must be a share of the pairs in \[0, 1\)"),
+        ({"reference": "none"}, "reference must be one of"),
+        ({"init": "he"}, "init must be one of"),
+        ({"clip": -1.0}, "clip must be a finite number >= 0"),
     ],
 )
 def test_addmul_rejects_bad_config(tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
         reproduce("addmul", tmp_path, overrides={**ADDMUL_CI, **override})
-
-
-def test_settings_are_json_scalars_and_paper_follows_the_paper():
-    for name in ("addmul", "double-addition"):
-        for setting in ("quick", "paper"):
-            cfg = experiment_config(name, setting)
-            assert json.loads(json.dumps(cfg)) == cfg
-    paper = experiment_config("addmul", "paper")
-    assert (paper["hidden"], paper["beta"], paper["mask_batch"], paper["samples"]) == ("2000x4", 1e-4, 128, 4)
-    assert paper["train_steps"] == paper["mask_steps"] == 20000 and paper["lstm"] is True
 
 
 # ------------------------------------------------------------------------------------ double addition
@@ -218,35 +403,38 @@ def test_double_addition_results_and_schema(da_run):
     (masks,) = [s for s in result.sections if s["kind"] == "masks"]
     _check_masks_section(masks, ["pair 1", "pair 2"])
     assert masks["layers"] == ["fc1.weight", "fc2.weight", "out.weight"]
-    structural, functional = result.claims
+    columns = masks["accuracy"]["columns"]
+    assert IO_FROM_CONTROL.format("pair 1") in columns and "¬pair 1" in columns and "control" in columns
+    structural, functional, functional_io = result.claims
     reuse = result.units["fnn-0"]["p_reuse"]
     assert structural["agrees"] == (None if reuse["iou"] is None else reuse["iou"] < REUSED)
-    drops = [v for v in reuse["functional"].values() if v is not None]
-    assert functional["agrees"] == (sum(drops) / len(drops) < REUSED if drops else None)
+    for claim, field in ((functional, "functional"), (functional_io, "functional_io_control")):
+        drops = [v for v in reuse[field].values() if v is not None]
+        assert claim["agrees"] == (sum(drops) / len(drops) < REUSED if drops else None)
     assert {"networks", "train", "masks"} <= progress.labels()
 
 
-def test_double_addition_p_reuse_uses_the_hidden_layers(da_run):
+def test_double_addition_unit_matches_its_files(da_run):
     out, result, _, _ = da_run
     doc = result.units["fnn-0"]
     assert doc["shared_layers"] == ["fc2.weight"]  # input and output layers are pair-specific
     masks = MaskSet.load(out / doc["masks"])
-    one, two = masks["pair 1"], masks["pair 2"]
-    structural = iou(one, two, ["fc2.weight"]).total
-    assert doc["p_reuse"]["iou"] == finite(structural)
+    assert masks.tasks == ("control", "pair 1", "pair 2")
+    assert doc["p_reuse"]["iou"] == finite(iou(masks["pair 1"], masks["pair 2"], ["fc2.weight"]).total)
+    assert doc["iou"] == finite(iou(masks["pair 1"], masks["pair 2"]).to_dict())
     tab = MaskEvalTable.from_dict(doc["table"])
-    full = [tab.score("full", None, p) for p in ("pair 1", "pair 2")]
-    if min(full) > CHANCE:
-        drop = (full[1] - tab.score("inverted", "pair 1", "pair 2")) / (full[1] - CHANCE)
+    ref = [tab.score("mask", "control", p) for p in ("pair 1", "pair 2")]
+    if min(ref) > CHANCE:
+        drop = (ref[1] - tab.score("inverted", "pair 1", "pair 2")) / (ref[1] - CHANCE)
         assert doc["p_reuse"]["functional"]["2|1"] == pytest.approx(min(max(drop, 0.0), 1.0))
     else:
         assert doc["p_reuse"]["functional"] == {"2|1": None, "1|2": None}
-    # Each pair is scored on its own digits: the full network's score equals that pair's exact match.
+    # Each pair is scored on its own digits, on every input (authors' protocol).
     model, _ = load_model(out / doc["model"])
-    x, y = data.double_addition("test", seed=doc["seed"], pair=1).tensors
+    x, y = data.double_addition("train", 0.0, pair=1).tensors
     with torch.no_grad():
         hits = exact_match(model(x), y)
-    assert full[1] == pytest.approx(hits.double().mean().item())
+    assert tab.score("full", None, "pair 2") == pytest.approx(hits.double().mean().item())
 
 
 def test_double_addition_is_deterministic_and_resumable(da_run, tmp_path, monkeypatch):
@@ -259,8 +447,8 @@ def test_double_addition_is_deterministic_and_resumable(da_run, tmp_path, monkey
     def forbidden(*args, **kwargs):
         raise AssertionError("a finished unit was recomputed")
 
-    monkeypatch.setattr(addmul_module, "run_recipe", forbidden)
-    monkeypatch.setattr(addmul_module, "train_masks", forbidden)
+    monkeypatch.setattr(arithmetic, "run_recipe", forbidden)
+    monkeypatch.setattr(arithmetic, "train_masks", forbidden)
     resumed = _json(reproduce("double-addition", out, overrides=DA_CI))
     resumed.pop("seconds")
     assert resumed == a

@@ -39,6 +39,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--clusterable-init", action="store_true", help="plant 10 modules (x4.6 inside, x0.6 across)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of init, data order, dropout (default: 0)")
+    p.add_argument(
+        "--init", choices=("glorot", "torch"), default="glorot",
+        help="Glorot-uniform (default) or PyTorch's default initialization (Csordás et al.'s code)",
+    )  # fmt: skip
+    p.add_argument("--clip", type=float, help="clip each update's gradient norm (Csordás et al.: 1.0)")
+    p.add_argument(
+        "--heldout", type=float, default=0.1,
+        help="arithmetic tasks: share of (a, b) pairs held out (default 0.1; 0: every input, as the authors)",
+    )  # fmt: skip
     length = p.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=int, help="override the recipe's number of epochs")
     length.add_argument("--steps", type=int, help="override the recipe's number of steps")
@@ -60,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
             args.recipe, dataset=args.dataset, dropout=args.dropout, prune=args.prune, l1=args.l1,
             l2=args.l2, clusterable=args.clusterable_init, seed=args.seed, epochs=args.epochs,
             steps=args.steps, data_root=args.data_root, progress=progress, checkpoint=args.checkpoint,
+            init=args.init, clip_grad_norm=args.clip, heldout=args.heldout,
         )  # fmt: skip
     for label, r in zip(("trained", "pruned"), results):
         acc = "n/a" if r.eval_accuracy is None else f"{r.eval_accuracy:.4f}"

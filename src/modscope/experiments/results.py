@@ -14,6 +14,9 @@ says how the report draws it:
     ``{"kind", "title", "layers": [param name], "sizes": {layer: int}, "kept": {task: {layer: int}},
     "iou": {layer: float}, "iomin": {layer: float}, "pair": [task, task], "accuracy": table}``: per-layer
     kept-weight bars per task, IoU/IoMin bars for ``pair``, and the accuracy table (a ``"table"`` object).
+``"lines"``
+    ``{"kind", "title", "xlabel": str, "ylabel": str, "series": {name: [[x, y], ...]}, "xscale"?: "linear" |
+    "log", "note"?}``: one line per series (mask kept-weight curves, sharing against network size).
 ``"lesions"``
     ``{"kind", "title", "classes": [str], "modules": [{"name", "label", "p_important", "damage",
     "class_damage": [float]}], "pairs"?: [{"a", "b", "interaction", "p"}]}``: a heat map of per-class
@@ -34,7 +37,7 @@ from modscope.atomic import write_json_atomic
 __all__ = ["FORMAT", "SECTION_KINDS", "RunResult", "table"]
 
 FORMAT = "modscope-results/1"
-SECTION_KINDS = ("table", "clusterability", "masks", "lesions")
+SECTION_KINDS = ("table", "clusterability", "masks", "lines", "lesions")
 
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], note: str = "") -> dict:

@@ -12,7 +12,7 @@ from modscope.masks.evaluate import Condition, EvalResult, MaskEvalTable, evalua
 from modscope.masks.mask import Mask
 from modscope.masks.maskset import MaskSet, model_fingerprint
 from modscope.masks.metrics import Overlap, Stability, iomin, iou, mask_stability, sharing
-from modscope.masks.modularity import Reuse, p_reuse, p_specialize, relative_drop
+from modscope.masks.modularity import Reuse, p_reuse, p_specialize, reference_score, relative_drop
 from modscope.masks.selection import default_masked_names, select_parameters
 from modscope.masks.train import train_masks
 
@@ -36,6 +36,7 @@ __all__ = [
     "model_fingerprint",
     "p_reuse",
     "p_specialize",
+    "reference_score",
     "relative_drop",
     "select_parameters",
     "sharing",

@@ -1,7 +1,10 @@
 """The papers' modularity scores from masks (SPEC §2.2; Csordás et al. 2021, §3).
 
 Chance-corrected relative drop of task T's accuracy under a condition m:
-``d_T(m) = clip((acc_T(full) - acc_T(m)) / (acc_T(full) - chance_T), 0, 1)``.
+``d_T(m) = clip((acc_T(ref) - acc_T(m)) / (acc_T(ref) - chance_T), 0, 1)``, where the reference ``ref`` is the
+full network or, as in Csordás et al.'s code and figures, the network under the *control* mask (trained on
+every task): the accuracy a mask can reach at all, so that a drop measures what removing weights costs and not
+what masking costs.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from modscope.masks.evaluate import Kind, MaskEvalTable
 from modscope.masks.maskset import MaskSet
 from modscope.masks.metrics import iomin, iou
 
-__all__ = ["Reuse", "p_reuse", "p_specialize", "relative_drop"]
+__all__ = ["Reuse", "p_reuse", "p_specialize", "reference_score", "relative_drop"]
 
 Chance = float | Mapping[str, float]
 
@@ -27,28 +30,60 @@ def _chance(chance: Chance, eval_set: str) -> float:
     return float(chance)
 
 
-def relative_drop(table: MaskEvalTable, eval_set: str, kind: Kind, task: str | None, chance: Chance) -> float:
-    """``d_T(m)`` for T = ``eval_set`` and m = condition ``(kind, task)``, in [0, 1]."""
-    full = table.score("full", None, eval_set)
+def reference_score(table: MaskEvalTable, eval_set: str, reference: str | None = None) -> float:
+    """The score drops are measured from: the full network (``reference=None``) or mask ``reference``."""
+    if reference is None:
+        return table.score("full", None, eval_set)
+    return table.score("mask", reference, eval_set)
+
+
+def relative_drop(
+    table: MaskEvalTable,
+    eval_set: str,
+    kind: Kind,
+    task: str | None,
+    chance: Chance,
+    *,
+    reference: str | None = None,
+) -> float:
+    """``d_T(m)`` for T = ``eval_set`` and m = condition ``(kind, task)``, in [0, 1].
+
+    ``reference``: ``None`` (the full network) or the name of the mask whose score is the reference, e.g.
+    ``"control"``. ``ValueError`` when the reference is not above chance (the drop is undefined)."""
+    ref = reference_score(table, eval_set, reference)
     c = _chance(chance, eval_set)
-    if not full > c:
+    if not ref > c:
+        what = "full-model" if reference is None else f"{reference!r}-mask"
         raise ValueError(
-            f"full-model score on {eval_set!r} is {full}, not above chance {c}: relative drop undefined"
+            f"{what} score on {eval_set!r} is {ref}, not above chance {c}: relative drop undefined"
         )
-    return min(max((full - table.score(kind, task, eval_set)) / (full - c), 0.0), 1.0)
+    return min(max((ref - table.score(kind, task, eval_set)) / (ref - c), 0.0), 1.0)
 
 
-def p_specialize(table: MaskEvalTable, a: str, b: str, chance: Chance) -> float:
-    """``P_specialize(A|B) = d_A(not A) - d_B(not A)`` in [-1, 1]; 1 means removing A's weights kills A and
-    spares B. ``a`` names both a mask and an evaluation set, ``b`` an evaluation set."""
+def p_specialize(
+    table: MaskEvalTable,
+    a: str,
+    b: str,
+    chance: Chance,
+    *,
+    mask: str | None = None,
+    reference: str | None = None,
+) -> float:
+    """``P_specialize(A|B) = d_A(not M) - d_B(not M)`` in [-1, 1], ``M = mask`` (default ``a``); 1 means
+    removing M's weights kills A and spares B. ``a`` names an evaluation set (and by default the mask), ``b``
+    an evaluation set; ``mask`` another mask to remove, e.g. the weights only A's mask keeps; ``reference``
+    the mask drops are measured from (default the full network, see :func:`relative_drop`)."""
+    mask = a if mask is None else mask
     for name, where, what in (
-        (a, table.tasks, "task"),
+        (mask, table.tasks, "task"),
         (a, table.eval_sets, "evaluation set"),
         (b, table.eval_sets, "evaluation set"),
     ):
         if name not in where:
             raise ValueError(f"unknown {what} {name!r}; the table has {list(where)}")
-    return relative_drop(table, a, "inverted", a, chance) - relative_drop(table, b, "inverted", a, chance)
+    return relative_drop(table, a, "inverted", mask, chance, reference=reference) - relative_drop(
+        table, b, "inverted", mask, chance, reference=reference
+    )
 
 
 @dataclass(frozen=True)
@@ -83,12 +118,13 @@ def p_reuse(
     table: MaskEvalTable | None,
     *,
     chance: Chance = 0.0,
+    reference: str | None = None,
 ) -> Reuse:
     """P_reuse of instances ``a1``, ``a2`` of the same function (e.g. the two pairs of double addition).
 
     ``shared_layers``: the masked parameters both instances use (exclude instance-specific input/output
     layers); ``None`` = all. The functional part needs ``table`` with the mask ``a1`` and evaluation set
-    ``a2``.
+    ``a2``, and ``reference`` (a mask name, default the full network) is what its drop is measured from.
     """
     for t in (a1, a2):
         if t not in masks:
@@ -104,7 +140,7 @@ def p_reuse(
                 f"the table needs mask {a1!r} (has {list(table.tasks)}) and evaluation set {a2!r} "
                 f"(has {list(table.eval_sets)})"
             )
-        functional = 1.0 - relative_drop(table, a2, "inverted", a1, chance)
+        functional = 1.0 - relative_drop(table, a2, "inverted", a1, chance, reference=reference)
     return Reuse(
         structural.total,
         iomin(masks[a1], masks[a2], layers).total,

@@ -41,7 +41,7 @@ never unpickled. Weights are loaded with ``load_state_dict(strict=True)`` after 
 parameter whose shape differs.
 """
 
-from modscope.models.build import build_model, init_glorot
+from modscope.models.build import INITS, build_model, init_glorot, init_torch
 from modscope.models.io import (
     FORMAT,
     FORMAT_KEY,
@@ -69,6 +69,7 @@ __all__ = [
     "ACTIVATIONS",
     "FORMAT",
     "FORMAT_KEY",
+    "INITS",
     "METADATA_KEY",
     "NAMED_CNNS",
     "SPEC_KEY",
@@ -80,6 +81,7 @@ __all__ = [
     "SpecError",
     "build_model",
     "init_glorot",
+    "init_torch",
     "is_spec_string",
     "load_model",
     "normalize_spec",

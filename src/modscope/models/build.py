@@ -12,7 +12,10 @@ from torch import nn
 
 from modscope.models.spec import VGG_CONFIGS, normalize_spec
 
-__all__ = ["build_model", "init_glorot"]
+__all__ = ["INITS", "build_model", "init_glorot", "init_torch"]
+
+#: The initializations :func:`build_model` offers.
+INITS = ("glorot", "torch")
 
 _ACTIVATION_MODULES = {
     "relu": nn.ReLU,
@@ -25,14 +28,15 @@ _ACTIVATION_MODULES = {
 }
 
 
-def build_model(spec: str | Mapping[str, Any], seed: int = 0) -> nn.Module:
+def build_model(spec: str | Mapping[str, Any], seed: int = 0, *, init: str = "glorot") -> nn.Module:
     """A freshly initialized model for ``spec`` (a spec string or dict, see :mod:`modscope.models.spec`).
 
-    Weights of every ``Linear``/``Conv2d`` are Glorot (Xavier) uniform with gain 1, biases zero, BatchNorm
-    at its identity (weight 1, bias 0, running mean 0, running variance 1); see :func:`init_glorot` for
-    LSTMs, attention and embeddings. The draws come from a
-    ``torch.Generator`` seeded with ``seed``: the same seed gives identical weights whatever the global RNG
-    state, and building a model leaves the global RNG untouched. The model is returned in eval mode.
+    ``init="glorot"`` (default): weights of every ``Linear``/``Conv2d`` are Glorot (Xavier) uniform with gain
+    1, biases zero, BatchNorm at its identity (weight 1, bias 0, running mean 0, running variance 1); see
+    :func:`init_glorot` for LSTMs, attention and embeddings. ``init="torch"``: PyTorch's own default
+    initialization of each module (:func:`init_torch`; what Csordás et al.'s code trains from). Either way the
+    draws are seeded with ``seed``: the same seed gives identical weights whatever the global RNG state, and
+    building a model leaves the global RNG untouched. The model is returned in eval mode.
 
     Module names (they become the weight graph's layer names and the state-dict keys):
     mlp ``flatten, fc1, act1, [drop1,] ..., out``;
@@ -57,13 +61,34 @@ def build_model(spec: str | Mapping[str, Any], seed: int = 0) -> nn.Module:
         "seq2seq-lstm": _seq2seq_lstm,
         "seq2seq-transformer": _seq2seq_transformer,
     }[spec["arch"]]
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
     # Build on the meta device so that PyTorch's own default init (drawn from the global RNG) never runs:
     # it would cost time for large VGGs and change the caller's random stream.
     with torch.device("meta"):
         model = builder(spec)
     model = model.to_empty(device="cpu")
-    init_glorot(model, torch.Generator().manual_seed(int(seed)))
+    if init == "torch":
+        init_torch(model, int(seed))
+    else:
+        init_glorot(model, torch.Generator().manual_seed(int(seed)))
     return model.eval()
+
+
+def init_torch(model: nn.Module, seed: int) -> None:
+    """PyTorch's default initialization (each module's ``reset_parameters``), drawn from ``seed``.
+
+    Linear/Conv: Kaiming-uniform weights with ``a = sqrt(5)``, biases ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``;
+    LSTM: every parameter ``U(-1/sqrt(hidden), 1/sqrt(hidden))``. Children are reset before their parents, the
+    order in which constructing the model runs them, so a parent's own rule (attention zeroing its output
+    bias) wins as it does in PyTorch. The caller's global RNG is left as it was.
+    """
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        for module in reversed(list(model.modules())):
+            reset = getattr(type(module), "reset_parameters", None)
+            if reset is not None:
+                module.reset_parameters()
 
 
 def init_glorot(model: nn.Module, generator: torch.Generator) -> None:

@@ -22,6 +22,7 @@ __all__ = [
     "DPI",
     "kept_bars",
     "lesion_heatmap",
+    "line_plot",
     "new_figure",
     "null_histogram",
     "overlap_bars",
@@ -166,6 +167,25 @@ def overlap_bars(
     ax.set_ylabel("overlap")
     ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_title(f"overlap of the masks of {pair[0]} and {pair[1]}", fontsize=10)
+    return fig
+
+
+def line_plot(
+    series: Mapping[str, Sequence[Sequence[float]]], xlabel: str, ylabel: str, xscale: str = "linear"
+) -> Figure:
+    """One line with markers per series of ``[x, y]`` points; the legend beside the axes."""
+    fig = new_figure(7.2, 3.2)
+    ax = fig.add_subplot()
+    for name, points in series.items():
+        xs, ys = zip(*points, strict=True)
+        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, linewidth=1.2, label=name)
+    ax.set_xscale(xscale)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if len(series) <= 12:
+        ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    for side in ("right", "top"):
+        ax.spines[side].set_visible(False)
     return fig
 
 

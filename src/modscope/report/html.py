@@ -282,6 +282,19 @@ def _check_masks(section: Mapping[str, Any]) -> None:
     _check_table(accuracy)
 
 
+def _check_lines(section: Mapping[str, Any]) -> None:
+    _need(section, "title", "xlabel", "ylabel", "series")
+    if not isinstance(section["series"], Mapping):
+        _fail(section, "'series' must map each name to its [[x, y], ...] points")
+    for name, points in section["series"].items():
+        if not isinstance(points, (list, tuple)) or not all(
+            isinstance(p, (list, tuple)) and len(p) == 2 and all(_is_number(v) for v in p) for p in points
+        ):
+            _fail(section, f"series {name!r} must be a list of [x, y] number pairs")
+    if section.get("xscale", "linear") not in ("linear", "log"):
+        _fail(section, f"'xscale' must be 'linear' or 'log', got {section.get('xscale')!r}")
+
+
 def _check_lesions(section: Mapping[str, Any]) -> None:
     _need(section, "title", "classes", "modules")
     n_classes = len(section["classes"])
@@ -433,6 +446,19 @@ def _masks(section: Mapping[str, Any], base_dir: Path) -> str:
     return out + _table(section["accuracy"])
 
 
+def _lines(section: Mapping[str, Any], base_dir: Path) -> str:
+    """Line plots: mask training curves, sharing against network size."""
+    series = {str(k): v for k, v in section["series"].items() if v}
+    if not series:
+        out = _notice("No points were recorded.")
+    else:
+        fig = figures.line_plot(series, section["xlabel"], section["ylabel"], section.get("xscale", "linear"))
+        out = _figure(fig, alt=str(section["title"]))
+    if section.get("note"):
+        out += f'<p class="note">{escape(str(section["note"]))}</p>'
+    return out
+
+
 def _lesions(section: Mapping[str, Any], base_dir: Path) -> str:
     """Module importance and per-class damage of lesions (Filan et al. arXiv:2103.03386)."""
     classes, modules = section["classes"], section["modules"]
@@ -463,6 +489,7 @@ _RENDERERS: dict[
     "table": (_check_table, _table_section),
     "clusterability": (_check_clusterability, _clusterability),
     "masks": (_check_masks, _masks),
+    "lines": (_check_lines, _lines),
     "lesions": (_check_lesions, _lesions),
 }
 

@@ -100,8 +100,12 @@ class TaskData:
 
 
 @functools.lru_cache(maxsize=4)
-def load_task_data(dataset: str, seed: int = 0, root: str | None = None) -> TaskData:
+def load_task_data(dataset: str, seed: int = 0, root: str | None = None, heldout: float = 0.1) -> TaskData:
     """Train and test tensors of a data set name, and the sizes the model spec needs.
+
+    ``heldout``: the share of (a, b) pairs the arithmetic tasks hold out
+    (:func:`modscope.data.heldout_pairs`). With 0 every input is trained on and the test set is the
+    training set, as in Csordás et al.'s code, whose validation samples are fresh draws of the same inputs.
 
     Cached (the last 4 calls): a study trains many networks on one data set, and decoding Fashion-MNIST
     takes seconds. The tensors are therefore shared between callers: never modify them in place.
@@ -118,11 +122,12 @@ def load_task_data(dataset: str, seed: int = 0, root: str | None = None) -> Task
         base_te = data.load_images("fashion-mnist", root=root, train=False)
         tr, te = data.halves(base_tr, 60000, seed=seed), data.halves(base_te, 10000, seed=seed + 1)
     elif dataset == "addmul":
-        tr, te = data.addmul("train", seed=seed), data.addmul("test", seed=seed)
+        tr = data.addmul("train", test_fraction=heldout, seed=seed)
+        te = data.addmul("test", test_fraction=heldout, seed=seed) if heldout else tr
     elif dataset == "double-addition":
         # The network sees one pair at a time, the other zeroed (its target digits ignored).
-        tr = _concat(data.double_addition("train", seed=seed, pair=p) for p in (0, 1))
-        te = _concat(data.double_addition("test", seed=seed, pair=p) for p in (0, 1))
+        tr = _concat(data.double_addition("train", heldout, seed, pair=p) for p in (0, 1))
+        te = _concat(data.double_addition("test", heldout, seed, pair=p) for p in (0, 1)) if heldout else tr
     elif dataset.startswith("scan-") and dataset[5:] in SCAN_SPLITS:
         return _scan(dataset[5:], seed)
     else:
@@ -176,6 +181,9 @@ def run_recipe(
     steps: int | None = None,
     spec: str | None = None,
     data_root: str | None = None,
+    heldout: float = 0.1,
+    init: str = "glorot",
+    clip_grad_norm: float | None = None,
     progress: Callable[[str, int, int, dict], None] | None = None,
     checkpoint: str | None = None,
 ) -> tuple[nn.Module, dict[str, Any], list[TrainResult], dict[str, Any]]:
@@ -185,8 +193,10 @@ def run_recipe(
     :class:`TrainResult` per phase (training, then pruning when ``prune``), and the settings as JSON.
     ``epochs``/``steps`` override the recipe's length (one of them); ``progress(phase, step, total, info)``
     is called after every update; ``spec`` replaces the recipe's model spec template (same fields, e.g.
-    ``"mlp:{in}-64x4-{out}"`` for a smaller network); ``checkpoint`` is a path prefix: each phase
-    checkpoints to ``{checkpoint}.{phase}.pt`` and resumes from it.
+    ``"mlp:{in}-64x4-{out}"`` for a smaller network); ``heldout`` the share of pairs the arithmetic tasks hold
+    out (:func:`load_task_data`); ``init`` the initialization (:func:`~modscope.models.build_model`);
+    ``clip_grad_norm`` clips the gradient norm of every update (Csordás et al.: 1.0); ``checkpoint`` is a
+    path prefix: each phase checkpoints to ``{checkpoint}.{phase}.pt`` and resumes from it.
     """
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose one of {sorted(RECIPES)}")
@@ -198,7 +208,7 @@ def run_recipe(
         raise ValueError(f"recipe {name!r} has no dropout option")
     if epochs is not None or steps is not None:
         recipe = replace(recipe, epochs=epochs, steps=steps)
-    task = load_task_data(dataset, seed=seed, root=data_root)
+    task = load_task_data(dataset, seed=seed, root=data_root, heldout=heldout)
     if spec is not None:
         recipe = replace(recipe, spec=spec)
     try:
@@ -207,14 +217,17 @@ def run_recipe(
         raise ValueError(f"spec {recipe.spec!r} uses {exc}, which data set {dataset!r} lacks") from None
     if dropout:
         spec = normalize_spec({**spec, "dropout": float(dropout)})
-    model = build_model(spec, seed=seed)
+    model = build_model(spec, seed=seed, init=init)
     assignment = clusterable_init(model, seed=seed) if clusterable else None
     trained = task.wrap(model) if task.wrap else model
 
     def phase(label: str):
         return None if progress is None else (lambda step, total, info: progress(label, step, total, info))
 
-    common = dict(batch_size=recipe.batch_size, lr=recipe.lr, l1=l1, l2=l2, seed=seed, eval_set=task.test)
+    common = dict(
+        batch_size=recipe.batch_size, lr=recipe.lr, l1=l1, l2=l2, seed=seed, eval_set=task.test,
+        clip_grad_norm=clip_grad_norm,
+    )  # fmt: skip
     results = [
         train(trained, task.train, epochs=recipe.epochs, steps=recipe.steps, progress=phase("train"),
               checkpoint=f"{checkpoint}.train.pt" if checkpoint else None, **common)
@@ -236,6 +249,8 @@ def run_recipe(
         "l2": l2,
         "clusterable_init": None if assignment is None else {"n_modules": 10, "inside": 4.6, "across": 0.6},
         "seed": seed,
+        "init": init,
+        "heldout": heldout,
         "phases": [r.config for r in results],
     }
     return model, spec, results, config
