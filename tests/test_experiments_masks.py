@@ -337,7 +337,10 @@ def test_addmul_unit_matches_its_files(addmul_run):
     expected = p_specialize(tab, "+", "*", CHANCE, reference="control") if defined else None
     assert doc["p_specialize"]["+|*"] == pytest.approx(expected)
     assert result.summary["rows"][0][:4] == [
-        "FNN 42-16-16-20 #0", 0, tab.score("mask", "control", "+"), tab.score("mask", "control", "*")
+        "FNN 42-16-16-20 #0",
+        0,
+        tab.score("mask", "control", "+"),
+        tab.score("mask", "control", "*"),
     ]
 
 

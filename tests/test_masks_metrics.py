@@ -12,6 +12,8 @@ from torch import nn
 
 from modscope.cli import masks as masks_cli
 from modscope.masks import (
+    Condition,
+    EvalResult,
     Mask,
     MaskEvalTable,
     MaskSet,
@@ -21,6 +23,8 @@ from modscope.masks import (
     mask_stability,
     p_reuse,
     p_specialize,
+    reference_score,
+    relative_drop,
     sharing,
 )
 
@@ -176,3 +180,32 @@ def test_cli_compare_and_plot(tmp_path, capsys, table_and_masks):
     assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(FileNotFoundError, match=r"missing\.safetensors"):
         run_cli(["masks", "compare", str(tmp_path / "missing.safetensors")])
+
+
+def _table(scores):
+    """A MaskEvalTable from ``{(kind, task, eval_set): score}``."""
+    results = tuple(EvalResult(Condition(kind, task), s, v, 10) for (kind, task, s), v in scores.items())
+    return MaskEvalTable(results, ("control", "a"), ("a", "b"), (), ())
+
+
+def test_drops_from_the_control_mask_or_the_full_network():
+    tab = _table({
+        ("full", None, "a"): 1.0, ("full", None, "b"): 1.0,
+        ("mask", "control", "a"): 0.8, ("mask", "control", "b"): 0.9,
+        ("inverted", "a", "a"): 0.2, ("inverted", "a", "b"): 0.9,
+        ("mask", "a", "a"): 0.85, ("mask", "a", "b"): 0.0,
+    })  # fmt: skip
+    assert reference_score(tab, "a") == 1.0 and reference_score(tab, "a", "control") == 0.8
+    assert relative_drop(tab, "a", "inverted", "a", 0.0) == pytest.approx(0.8)
+    assert relative_drop(tab, "a", "inverted", "a", 0.0, reference="control") == pytest.approx(0.75)
+    assert relative_drop(tab, "b", "inverted", "a", 0.0, reference="control") == 0.0
+    # a mask scoring above its reference is no drop (clipped at 0), not a negative one
+    assert relative_drop(tab, "a", "mask", "a", 0.0, reference="control") == 0.0
+    assert p_specialize(tab, "a", "b", 0.0) == pytest.approx(0.8 - 0.1)
+    assert p_specialize(tab, "a", "b", 0.0, reference="control") == pytest.approx(0.75)
+    # mask=: remove another mask's weights and read both sets (here a's mask read from b's side)
+    assert p_specialize(tab, "b", "a", 0.0, mask="a", reference="control") == pytest.approx(-0.75)
+    with pytest.raises(ValueError, match=r"'control'-mask score on 'a' is 0\.8, not above chance 0\.9"):
+        relative_drop(tab, "a", "inverted", "a", 0.9, reference="control")
+    with pytest.raises(ValueError, match="unknown task 'zz'"):
+        relative_drop(tab, "a", "inverted", "a", 0.0, reference="zz")
