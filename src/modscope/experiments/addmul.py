@@ -187,8 +187,8 @@ def _unit(run: Run, config: Mapping[str, Any], kind: str, sizes: str, i: int) ->
     key = f"{kind}-{sizes}-{i}"
 
     def compute() -> dict[str, Any]:
-        tasks, _ = task_data(config, _make, TASKS, seed)
-        _, evals = task_data(config, _make, {op: (op,) for op in data.OPS}, seed)
+        tasks = task_data(config, _make, TASKS, seed, evaluation=False)
+        evals = task_data(config, _make, {op: (op,) for op in data.OPS}, seed, evaluation=True)
         model, masks, doc = train_and_mask(run, key, _KINDS[kind], _spec(kind, sizes), seed, config, tasks)
         found = analyze(model, masks, evals, reference=config["reference"])
         doc.update(kind=kind, width=sizes, network=i, **found)

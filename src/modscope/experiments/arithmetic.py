@@ -286,15 +286,11 @@ def train_and_mask(
     return model, masks, doc
 
 
-def task_data(config: Mapping[str, Any], make, views: Mapping[str, Any], seed: int):
-    """``(train, eval)``: ``name -> (inputs, targets)`` of each view (``make(split, view, test_fraction,
-    seed)`` returns one) on the protocol's training and evaluation splits."""
-    train, held = split_of(config)
-    frac = config["heldout"]
-    return (
-        {name: make(train, v, frac, seed) for name, v in views.items()},
-        {name: make(held, v, frac, seed) for name, v in views.items()},
-    )
+def task_data(config: Mapping[str, Any], make, views: Mapping[str, Any], seed: int, *, evaluation: bool):
+    """``name -> (inputs, targets)`` of each view on the protocol's training split, or with ``evaluation``
+    on its evaluation split (:func:`split_of`); ``make(split, view, test_fraction, seed)`` builds one."""
+    split = split_of(config)[1 if evaluation else 0]
+    return {name: make(split, v, config["heldout"], seed) for name, v in views.items()}
 
 
 def masks_section(

@@ -197,8 +197,8 @@ def _unit(run: Run, config: Mapping[str, Any], i: int) -> tuple[str, dict[str, A
 
     def compute() -> dict[str, Any]:
         views = {"control": tuple(PAIRS.values()), **{name: (p,) for name, p in PAIRS.items()}}
-        tasks, _ = task_data(config, _make, views, seed)
-        _, evals = task_data(config, _make, {name: (p,) for name, p in PAIRS.items()}, seed)
+        tasks = task_data(config, _make, views, seed, evaluation=False)
+        evals = task_data(config, _make, {name: (p,) for name, p in PAIRS.items()}, seed, evaluation=True)
         model, masks, doc = train_and_mask(run, key, RECIPE, _spec(config), seed, config, tasks)
         doc.update(network=i, **analyze(model, masks, evals, reference=config["reference"]))
         return finite(doc)
