@@ -53,6 +53,7 @@ from torch import nn
 from modscope import data
 from modscope.atomic import finite
 from modscope.experiments.arithmetic import (
+    AUTHORS_PROTOCOL,
     CHANCE,
     PAPER,
     above_chance,
@@ -89,10 +90,9 @@ EXCLUSIVE = {"+": "+ only", "*": "* only"}
 _KINDS = {"fnn": "addmul-fnn", "lstm": "addmul-lstm"}
 _SIZES = r"\d+(x\d+)?(-\d+(x\d+)?)*"
 
-_PROTOCOL = {"protocol": "authors", "heldout": 0.0, "reference": "control", "init": "torch", "clip": 1.0}
 SETTINGS: dict[str, dict[str, Any]] = {
     "quick": {
-        **_PROTOCOL,
+        **AUTHORS_PROTOCOL,
         "networks": 1,
         "seed": 0,
         "hidden": "256x4",
@@ -106,7 +106,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "lstm_hidden": "256x2",
     },
     "paper": {
-        **_PROTOCOL,
+        **AUTHORS_PROTOCOL,
         "networks": 10,
         "seed": 0,
         "hidden": "2000x4",

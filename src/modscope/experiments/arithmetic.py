@@ -47,6 +47,7 @@ from modscope.training.losses import correct
 from modscope.training.recipes import run_recipe
 
 __all__ = [
+    "AUTHORS_PROTOCOL",
     "CHANCE",
     "PAPER",
     "PROTOCOLS",
@@ -75,6 +76,14 @@ PAPER = "Csordás et al. 2021 (arXiv:2010.02066)"
 #: Accuracy of a uniform guess of both digits of a 2-digit answer.
 CHANCE = 0.01
 PROTOCOLS = ("authors", "heldout")
+#: The protocol keys of every setting of both experiments: the authors' by default.
+AUTHORS_PROTOCOL = {
+    "protocol": "authors",
+    "heldout": 0.0,
+    "reference": "control",
+    "init": "torch",
+    "clip": 1.0,
+}
 #: What relative drops are measured from: the control mask's accuracy, or the unmasked network's.
 REFERENCES = ("control", "full")
 #: Change of a mask's kept count over the last fifth of its steps, relative to the final count, below which

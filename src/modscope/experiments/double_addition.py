@@ -57,6 +57,7 @@ from torch import nn
 from modscope import data
 from modscope.atomic import finite
 from modscope.experiments.arithmetic import (
+    AUTHORS_PROTOCOL,
     CHANCE,
     PAPER,
     above_chance,
@@ -99,10 +100,9 @@ IO_FROM_CONTROL = "¬{} (io: control)"
 #: Below this, a P_reuse (structural or functional) counts as "little reuse".
 REUSED = 0.5
 
-_PROTOCOL = {"protocol": "authors", "heldout": 0.0, "reference": "control", "init": "torch", "clip": 1.0}
 SETTINGS: dict[str, dict[str, Any]] = {
     "quick": {
-        **_PROTOCOL,
+        **AUTHORS_PROTOCOL,
         "networks": 1,
         "seed": 0,
         "hidden": "256x4",
@@ -114,7 +114,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "mask_batch": 128,
     },
     "paper": {
-        **_PROTOCOL,
+        **AUTHORS_PROTOCOL,
         "networks": 10,
         "seed": 0,
         "hidden": "2000x4",
