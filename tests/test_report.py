@@ -28,7 +28,7 @@ SPEC = "mlp:6-5x2-3"
 EVIL = "<script>alert(1)</script>"
 IMG = re.compile(r'<img src="([^"]*)"')
 # Figures of the fixture: 2 null histograms + the clustered graph, 2 mask bar charts, 1 lesion heat map.
-N_FIGURES = 6
+N_FIGURES = 7
 
 
 def _document(model: str, labels: list[int], ncut: float) -> RunResult:
@@ -82,6 +82,15 @@ def _document(model: str, labels: list[int], ncut: float) -> RunResult:
                 },
             ],
             "pairs": [{"a": "fc1/c0", "b": "fc2/c1", "interaction": 0.05, "p": 0.2}],
+        },
+        {
+            "kind": "lines",
+            "title": "Sharing vs. size",
+            "xlabel": "width",
+            "ylabel": "shared",
+            "series": {"all layers": [[256, 0.6], [512, 0.55]], "empty": []},
+            "xscale": "log",
+            "note": "a note",
         },
     )
     return RunResult(
@@ -141,6 +150,7 @@ def test_layout_order_summary_claims_sections_then_config(page):
         "Clusterability of net 0",
         "Masks of + and x",
         "Lesions of the modules",
+        "Sharing vs. size",
         "Config and versions",
     ]
     assert "<h1>Demo &lt;script&gt;alert(1)&lt;/script&gt;</h1>" in page
@@ -265,6 +275,9 @@ def _mutated(run_dir: Path, tmp_path: Path, edit) -> Path:
         (lambda d: d["sections"][3]["modules"][0]["class_damage"].pop(), "2 class damages for 3 classes"),
         (lambda d: d["claims"][0].update(agrees="maybe"), "'agrees' must be true, false or null"),
         (lambda d: d["sections"][0]["rows"].append([1]), "does not have one cell per column"),
+        (lambda d: d["sections"][4].pop("series"), "lacks the key 'series'"),
+        (lambda d: d["sections"][4]["series"].update(x=[[1, "a"]]), "series 'x' must be a list of [x, y]"),
+        (lambda d: d["sections"][4].update(xscale="symlog"), "'xscale' must be 'linear' or 'log'"),
     ],
 )
 def test_bad_results_give_a_clear_error(run_dir, tmp_path, edit, message):

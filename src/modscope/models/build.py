@@ -86,8 +86,7 @@ def init_torch(model: nn.Module, seed: int) -> None:
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
         for module in reversed(list(model.modules())):
-            reset = getattr(type(module), "reset_parameters", None)
-            if reset is not None:
+            if hasattr(type(module), "reset_parameters"):
                 module.reset_parameters()
 
 
