@@ -180,6 +180,10 @@ def line_plot(
         xs, ys = zip(*points, strict=True)
         ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, linewidth=1.2, label=name)
     ax.set_xscale(xscale)
+    xs = sorted({x for points in series.values() for x, _ in points})
+    if xscale == "log" and len(xs) <= 10:  # a few widths: label them, not powers of ten
+        ax.set_xticks(xs, [f"{x:g}" for x in xs])
+        ax.minorticks_off()
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if len(series) <= 12:
