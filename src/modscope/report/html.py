@@ -398,7 +398,8 @@ def _drawing(section: Mapping[str, Any], base_dir: Path, k: int) -> str:
     path = base_dir / str(section["model"])
     if not path.is_file():
         return _notice(
-            f"Model file {section['model']} not found at {path}: the clustered graph cannot be drawn."
+            f"Model file {section['model']} not found beside the results file: the clustered graph cannot "
+            "be drawn."
         )
     from modscope.graph import WeightGraph
     from modscope.models import load_model, spec_input_shape
