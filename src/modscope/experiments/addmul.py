@@ -36,7 +36,7 @@ units, reading the input for 3 steps), unit ``lstm-SIZES-i``.
 256x4 network, 20k training steps, masks for 4,000 steps at lr 0.05. The kept-weight curves never flatten
 within reach: with the linear penalty the kept count keeps falling slowly (a 256x4 + mask: 0.21 of the
 weights after 3,100 steps at lr 0.03, 0.12 after 5,600; at lr 0.1 0.12 after 2,100 and 0.045 after 5,600),
-and because Adam moves a logit by about ``lr`` per step, curves at different lr lie on one curve over
+and because Adam moves a logit by about ``lr`` per step, curves at different lr lie close to one curve over
 ``lr x steps``. So the masks get the authors' budget, ``lr x steps`` = 1e-2 x 20k = 200, in a fifth of the
 steps; each run reports how much its masks were still moving.
 """
