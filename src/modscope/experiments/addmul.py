@@ -242,8 +242,8 @@ def _name(kind: str, sizes: str) -> str:
     return f"LSTM {sizes}"
 
 
-def _group_result(config, kind, sizes, docs, where) -> tuple[list, list, list]:
-    """Summary rows, claims and sections of one group of networks (one width)."""
+def _group_result(config, kind, sizes, docs) -> tuple[list, list, list, list]:
+    """Summary rows, claims, sections and core-analysis rows of one group of networks (one width)."""
     tables = [MaskEvalTable.from_dict(d["table"]) for d in docs]
     name, of = _name(kind, sizes), f"{len(docs)} network{'s' if len(docs) > 1 else ''}"
     ref = reference_label(config)
@@ -257,21 +257,20 @@ def _group_result(config, kind, sizes, docs, where) -> tuple[list, list, list]:
         ])  # fmt: skip
     acc, core = _rows(tables, _CONDITIONS), _rows(tables, _CORE)
     cells = {r[0]: dict(zip([c for c, _, _ in _CONDITIONS], r[1:], strict=True)) for r in acc}
+    ref_column = "control" if config["reference"] == "control" else "full"
     claims = []
     for op, other in _PAIRS:
         a, b = _SIGN[op], _SIGN[other]
         p = mean([d["p_specialize"][f"{op}|{other}"] for d in docs])
         pe = mean([d["p_specialize_exclusive"][f"{op}|{other}"] for d in docs])
-        base = cells[a]["control" if config["reference"] == "control" else "full"]
-        base_b = cells[b]["control" if config["reference"] == "control" else "full"]
         claims.append({
             "paper": PAPER,
             "claim": f"{name}: masks specialize: removing {a}'s weights hurts {a} far more than {b}",
             "ours": (
                 f"P_specialize({a}|{b}) = {fmt(p)} (mean of {of}, drops from the {ref}; 1 = kills {a} and "
                 f"spares {b}): after removing {a}'s weights {a} {cells[a]['¬' + a]:.2f}, {b} "
-                f"{cells[b]['¬' + a]:.2f} ({ref} {base:.2f}, {base_b:.2f}). Removing only the weights "
-                f"{a}'s mask keeps and {b}'s does not: P_specialize {fmt(pe)}"
+                f"{cells[b]['¬' + a]:.2f} ({ref} {cells[a][ref_column]:.2f}, {cells[b][ref_column]:.2f}). "
+                f"Removing only the weights {a}'s mask keeps and {b}'s does not: P_specialize {fmt(pe)}"
             ),
             "agrees": None if p is None else bool(p >= SPECIALIZED),
         })  # fmt: skip
@@ -299,8 +298,7 @@ def _group_result(config, kind, sizes, docs, where) -> tuple[list, list, list]:
         note=f"Mean of {of}. 'core / kept +' per layer is the authors' sharing statistic: the share of the + "
         "mask's weights that the × mask also keeps.",
     ))  # fmt: skip
-    where += [[name, *r] for r in core]
-    return rows, claims, sections
+    return rows, claims, sections, [[name, *r] for r in core]
 
 
 def _sharing_lines(groups, units, config) -> dict[str, Any]:
@@ -344,10 +342,11 @@ def _result(run: Run, config: Mapping[str, Any], groups, units: dict[str, dict])
     rows, claims, sections, where = [], [], [], []
     for kind, sizes in groups:
         docs = [units[f"{kind}-{sizes}-{i}"] for i in range(config["networks"])]
-        r, c, s = _group_result(config, kind, sizes, docs, where)
+        r, c, s, w = _group_result(config, kind, sizes, docs)
         rows += r
         claims += c
         sections += s
+        where += w
     lines = _sharing_lines(groups, units, config)
     claims.append(_trend_claim(lines))
     ref = reference_label(config)

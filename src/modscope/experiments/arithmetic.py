@@ -40,7 +40,7 @@ from torch import Tensor
 
 from modscope.atomic import write_json_atomic
 from modscope.experiments.run import Run
-from modscope.masks import MaskEvalTable, MaskSet, evaluate_masks, train_masks
+from modscope.masks import MaskEvalTable, MaskSet, evaluate_masks, reference_score, train_masks
 from modscope.models import INITS, parse_spec
 from modscope.training import cross_entropy, save_trained
 from modscope.training.losses import correct
@@ -194,8 +194,7 @@ def fmt(v: float | None) -> str:
 def above_chance(tab: MaskEvalTable, eval_sets: Sequence[str], reference: str | None) -> bool:
     """Whether the reference (the full network, or mask ``reference``) beats :data:`CHANCE` on every set:
     relative drops are undefined otherwise."""
-    kind = "full" if reference is None else "mask"
-    return all(tab.score(kind, reference, s) > CHANCE for s in eval_sets)
+    return all(reference_score(tab, s, reference) > CHANCE for s in eval_sets)
 
 
 def evaluate(model, masks: MaskSet, eval_sets: Mapping[str, tuple[Tensor, Tensor]]) -> MaskEvalTable:
