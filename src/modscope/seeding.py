@@ -22,7 +22,6 @@ import numbers
 from typing import Any
 
 import numpy as np
-import torch
 
 __all__ = ["check_seed", "derive", "numpy_rng", "torch_generator"]
 
@@ -57,6 +56,8 @@ def numpy_rng(seed: int, *purpose: str | int) -> np.random.Generator:
     return np.random.default_rng(derive(seed, *purpose) if purpose else check_seed(seed))
 
 
-def torch_generator(seed: int, *purpose: str | int, device: str | torch.device = "cpu") -> torch.Generator:
+def torch_generator(seed: int, *purpose: str | int, device: Any = "cpu") -> Any:
     """A ``torch.Generator`` on ``device`` seeded with ``derive(seed, *purpose)`` (or ``seed`` alone)."""
+    import torch  # here, so that structural-lens workers that import this module stay free of torch
+
     return torch.Generator(device=device).manual_seed(derive(seed, *purpose) if purpose else check_seed(seed))
