@@ -1,12 +1,14 @@
 """The reproduction framework: run folders that resume, configs with overrides, results.json, the demo."""
 
 import json
+import re
 
 import pytest
 
 from modscope.cli import main
-from modscope.experiments import RunResult, experiment_config, reproduce, table
+from modscope.experiments import RunResult, experiment_config, reproduce
 from modscope.experiments.run import Run
+from modscope.results import table
 
 
 def _fail():
@@ -43,7 +45,7 @@ def test_interrupted_unit_leaves_finished_ones_and_no_partial_file(tmp_path):
 
 
 def test_resume_with_another_config_is_refused(tmp_path):
-    Run(tmp_path, "x", "quick", {"a": 1, "b": 2})
+    Run(tmp_path, "x", "quick", {"a": 1, "b": 2}).unit("u", dict)
     with pytest.raises(ValueError, match=r"config keys \['b'\]"):
         Run(tmp_path, "x", "quick", {"a": 1, "b": 3})
     with pytest.raises(ValueError, match="experiment or setting"):
@@ -71,6 +73,45 @@ def test_bad_keys_and_corrupt_files_are_clear_errors(tmp_path):
     (tmp_path / "run.json").write_text("{")
     with pytest.raises(ValueError, match="corrupt"):
         Run(tmp_path, "x", "quick", {})
+    for bad in ("[1]", '{"experiment": "x", "setting": "quick", "config": {}, "seconds": null}'):
+        (tmp_path / "run.json").write_text(bad)
+        with pytest.raises(ValueError, match=r"run\.json is corrupt"):
+            Run(tmp_path, "x", "quick", {})
+
+
+def _needs_v(doc):
+    if not isinstance(doc["v"], float):
+        raise ValueError(f"'v' must be a float, got {doc['v']!r}")
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ('{"w": 1.5}', "lacks the key 'v'"),
+        ('{"v": "edited"}', "'v' must be a float, got 'edited'"),
+        ("[1.5]", "holds a JSON list, not an object"),
+        ("\udcff", "corrupt"),
+    ],
+)
+def test_an_edited_unit_file_is_named_with_the_way_out(tmp_path, content, problem):
+    run = Run(tmp_path, "x", "quick", {})
+    run.unit("u", lambda: {"v": 1.5}, check=_needs_v)
+    assert Run(tmp_path, "x", "quick", {}).unit("u", _fail, check=_needs_v) == {"v": 1.5}
+    run.unit_path("u").write_text(content, errors="surrogateescape")
+    with pytest.raises(ValueError) as info:
+        Run(tmp_path, "x", "quick", {}).unit("u", _fail, check=_needs_v)
+    message = str(info.value)
+    assert str(run.unit_path("u")) in message and problem in message and "delete it to recompute" in message
+
+
+def test_nothing_is_written_before_the_first_unit(tmp_path):
+    out = tmp_path / "run"
+    Run(out, "x", "quick", {"a": 1})
+    assert not out.exists()
+    # so a run that stopped before its first unit does not lock the folder against a corrected config
+    run = Run(out, "x", "quick", {"a": 2})
+    run.checkpoint_prefix("u")
+    assert json.loads((out / "run.json").read_text())["config"] == {"a": 2}
 
 
 def test_seconds_add_up_over_resumed_segments(tmp_path):
@@ -103,6 +144,30 @@ def test_config_overrides_are_checked():
         experiment_config("nope")
     with pytest.raises(ValueError, match="settings"):
         experiment_config("demo", "huge")
+
+
+@pytest.mark.parametrize(
+    ("name", "override", "match"),
+    [
+        ("demo", {"k": 1}, "k must be an int >= 2"),
+        ("demo", {"hidden": "12xx"}, "hidden must be layer sizes"),
+        ("demo", {"seed": -1}, "seed must be an int >= 0"),
+        ("demo", {"beta": -1.0}, "beta must be a finite number >= 0"),
+        ("clusterability", {"shuffles": 1}, "shuffles must be an int >= 2"),
+        ("lesions", {"n_random": 0}, "n_random must be an int >= 1"),
+        ("addmul", {"mask_batch": 2}, "mask_batch (2) must be at least samples"),
+        ("double-addition", {"hidden": "16"}, "at least 2 hidden layers"),
+    ],
+)
+def test_the_whole_config_is_checked_before_anything_is_written(tmp_path, name, override, match):
+    with pytest.raises(ValueError, match=re.escape(match)):
+        experiment_config(name, overrides=override)  # what --show-config prints
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=re.escape(match)):
+        reproduce(name, out, overrides=override)
+    assert not out.exists()
+    # the corrected command is not refused
+    assert experiment_config(name)
 
 
 def _result(**kw):

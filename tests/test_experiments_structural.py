@@ -8,6 +8,7 @@ a second call recomputes nothing.
 
 import json
 import re
+import shutil
 from statistics import fmean
 
 import numpy as np
@@ -15,12 +16,14 @@ import pytest
 import torch
 
 from modscope.cluster import clusterability
-from modscope.experiments import RunResult, reproduce
-from modscope.experiments import clusterability as exp_cluster
-from modscope.experiments.clusterability import ROWS, network_seeds
+from modscope.experiments import RunResult, reproduce, structural
+from modscope.experiments.clusterability import ROWS
+from modscope.experiments.structural import network_seeds
 from modscope.graph import SHUFFLES
 from modscope.lesion import LABELS
 from modscope.models import build_model, load_model, parse_spec
+from modscope.results import module_name
+from modscope.seeding import derive
 from modscope.training import evaluate
 from modscope.training.recipes import load_task_data, run_recipe
 
@@ -159,7 +162,7 @@ def test_random_init_row_holds_the_control_networks_initial_weights(clustered):
     out, result, _ = clustered
     for i in range(2):
         unit = result.units[f"random-init-{i}"]
-        assert unit["seed"] == result.units[f"control-unpruned-{i}"]["seed"] == network_seeds(0, i)[0]
+        assert unit["seed"] == result.units[f"control-unpruned-{i}"]["seed"] == network_seeds(0, i).train
         model = _model(out / unit["model"])
         assert _same_weights(model, build_model(parse_spec(SPEC), seed=unit["seed"]))
         test = load_task_data("digits", seed=unit["seed"]).test
@@ -212,15 +215,15 @@ def test_clusterability_refuses_another_config_in_the_same_folder(clustered):
 )
 def test_clusterability_rejects_bad_config(tmp_path, override, match):
     with pytest.raises(ValueError, match=match):
-        reproduce("clusterability", tmp_path, overrides={**CLUSTER, **override})
-    assert not (tmp_path / "units").exists()
+        reproduce("clusterability", tmp_path / "run", overrides={**CLUSTER, **override})
+    assert not (tmp_path / "run").exists()  # nothing written: the corrected command is not refused
 
 
 def test_missing_data_says_make_data(tmp_path, monkeypatch):
     def missing(*args, **kwargs):
         raise FileNotFoundError("fashion-mnist (train split): files not found")
 
-    monkeypatch.setattr(exp_cluster, "load_task_data", missing)
+    monkeypatch.setattr(structural, "load_task_data", missing)
     with pytest.raises(FileNotFoundError, match="make data"):
         reproduce("lesions", tmp_path, overrides={"networks": 1})
 
@@ -237,8 +240,8 @@ def test_lesions_results_and_sections(lesioned):
     assert section["kind"] == "lesions" and section["classes"] == [str(c) for c in range(10)]
     assert len(section["modules"]) == len(study["modules"]) > 0
     for m, raw in zip(section["modules"], study["modules"]):
-        assert m["name"] == f"L{raw['layer']}/c{raw['cluster']}"
-        assert re.fullmatch(r"L[12]/c([0-9]|1[01])", m["name"])
+        assert m["name"] == module_name(raw["layer_name"], raw["cluster"])
+        assert re.fullmatch(r"fc[12]/c([0-9]|1[01])", m["name"])
         assert m["label"] in LABELS and len(m["class_damage"]) == 10
         assert m["p_important"] >= 1 / 21 and m["damage"] == raw["damage"]
     important = {m["name"] for m in section["modules"] if m["label"] == "important"}
@@ -281,4 +284,34 @@ def test_lesions_resume_recomputes_nothing(lesioned):
 )
 def test_lesions_reject_bad_config(tmp_path, override, match):
     with pytest.raises(ValueError, match=match):
-        reproduce("lesions", tmp_path, overrides={**LESIONS, **override})
+        reproduce("lesions", tmp_path / "run", overrides={**LESIONS, **override})
+    assert not (tmp_path / "run").exists()
+
+
+def test_network_seeds_derive_one_stream_per_purpose():
+    seeds = network_seeds(0, 1)
+    assert seeds.train == derive(0, "network", 1, "train") and seeds.pairs == derive(0, "network", 1, "pairs")
+    assert len({*seeds, *network_seeds(0, 0), *network_seeds(1, 1)}) == 15  # all distinct
+    assert network_seeds(0, 1) == seeds
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        (lambda u: u.pop("ncut"), "lacks the key 'ncut'"),
+        (lambda u: u["shuffles"]["layer"].update(p_value="0.01"), "'shuffles.layer.p_value' must be"),
+        (lambda u: u.update(row="mystery"), "'row' must be one of"),
+    ],
+)
+def test_an_edited_unit_stops_the_run_naming_the_file(clustered, tmp_path, edit, problem):
+    out, *_ = clustered
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    unit = copy / "units" / "control-pruned-1.json"
+    doc = json.loads(unit.read_text())
+    edit(doc)
+    unit.write_text(json.dumps(doc))
+    with pytest.raises(ValueError) as info:
+        reproduce("clusterability", copy, overrides=CLUSTER)
+    message = str(info.value)
+    assert str(unit) in message and problem in message and "delete it to recompute that unit" in message

@@ -17,12 +17,21 @@ import pytest
 
 from modscope.cli import main
 from modscope.cluster import spectral_partition
-from modscope.experiments.results import RunResult, table
 from modscope.graph import WeightGraph
 from modscope.models import build_model, save_model
 from modscope.report import render_html, write_report
 from modscope.report.figures import DPI
 from modscope.report.html import format_cell, format_seconds
+from modscope.results import (
+    RunResult,
+    clusterability_section,
+    lesions_section,
+    lines_section,
+    masks_section,
+    module_name,
+    table,
+    validate_section,
+)
 
 SPEC = "mlp:6-5x2-3"
 EVIL = "<script>alert(1)</script>"
@@ -35,64 +44,35 @@ def _document(model: str, labels: list[int], ncut: float) -> RunResult:
     layers = ["fc1.weight", "fc2.weight", "out.weight"]
     sections = (
         table(f"Plain {EVIL} table", ["a", "b"], [[1, 0.123456], ["x", None]], note="note & more"),
-        {
-            "kind": "clusterability",
-            "title": "Clusterability of net 0",
-            "network": "net 0",
-            "k": 3,
-            "ncut": ncut,
-            "nulls": {
+        clusterability_section(
+            "Clusterability of net 0", network="net 0", k=3, ncut=ncut,
+            nulls={
                 "layer": [ncut + 0.1 * i for i in range(1, 9)],
                 "layer_nonzero": [ncut + 0.05 * i for i in range(-2, 8)],
             },
-            "model": model,
-            "labels": labels,
-        },
-        {
-            "kind": "masks",
-            "title": "Masks of + and x",
-            "layers": layers,
-            "sizes": dict(zip(layers, [30, 25, 15])),
-            "kept": {"+": dict(zip(layers, [10, 12, 3])), "x": dict(zip(layers, [20, 5, 15]))},
-            "iou": dict(zip(layers, [0.2, 0.4, 0.1])),
-            "iomin": dict(zip(layers, [0.5, 0.6, 0.7])),
-            "pair": ["+", "x"],
-            "accuracy": table(
-                "Accuracy per mask", ["mask", "+", "x"], [["full", 0.99, 0.98], ["+", 0.97, 0.1]]
-            ),
-        },
-        {
-            "kind": "lesions",
-            "title": "Lesions of the modules",
-            "classes": ["0", "1", "2"],
-            "modules": [
-                {
-                    "name": "fc1/c0",
-                    "label": "important",
-                    "p_important": 0.01,
-                    "damage": 0.3,
-                    "class_damage": [0.5, -0.1, 0.2],
-                },
-                {
-                    "name": "fc2/c1",
-                    "label": "prunable",
-                    "p_important": 0.9,
-                    "damage": 0.0,
-                    "class_damage": [0.0, 0.01, None],
-                },
+            model=model, labels=labels,
+        ),
+        masks_section(
+            "Masks of + and x", layers=layers, sizes=dict(zip(layers, [30, 25, 15])),
+            kept={"+": dict(zip(layers, [10, 12, 3])), "x": dict(zip(layers, [20, 5, 15]))},
+            iou=dict(zip(layers, [0.2, 0.4, 0.1])), iomin=dict(zip(layers, [0.5, 0.6, 0.7])), pair=["+", "x"],
+            accuracy=table("Accuracy per mask", ["mask", "+", "x"], [["full", 0.99, 0.98], ["+", 0.97, 0.1]]),
+        ),
+        lesions_section(
+            "Lesions of the modules", classes=["0", "1", "2"],
+            modules=[
+                {"name": module_name("fc1", 0), "label": "important", "p_important": 0.01, "damage": 0.3,
+                 "class_damage": [0.5, -0.1, 0.2]},
+                {"name": module_name("fc2", 1), "label": "prunable", "p_important": 0.9, "damage": 0.0,
+                 "class_damage": [0.0, 0.01, None]},
             ],
-            "pairs": [{"a": "fc1/c0", "b": "fc2/c1", "interaction": 0.05, "p": 0.2}],
-        },
-        {
-            "kind": "lines",
-            "title": "Sharing vs. size",
-            "xlabel": "width",
-            "ylabel": "shared",
-            "series": {"all layers": [[256, 0.6], [512, 0.55]], "empty": []},
-            "xscale": "log",
-            "note": "a note",
-        },
-    )
+            pairs=[{"a": "fc1/c0", "b": "fc2/c1", "interaction": 0.05, "p": 0.2}],
+        ),
+        lines_section(
+            "Sharing vs. size", xlabel="width", ylabel="shared",
+            series={"all layers": [[256, 0.6], [512, 0.55]], "empty": []}, xscale="log", note="a note",
+        ),
+    )  # fmt: skip
     return RunResult(
         experiment="demo",
         title=f"Demo {EVIL}",
@@ -244,17 +224,54 @@ def test_labels_that_do_not_fit_the_model_give_a_notice(run_dir):
 
 
 def test_report_is_reproducible_atomic_and_leaves_the_backend_alone(run_dir, tmp_path):
-    # An absolute model path works too.
-    _only_clusterability(run_dir, model=str(run_dir / "models" / "net.safetensors")).save(
-        tmp_path / "results.json"
-    )
+    # A model given by the caller is drawn wherever it lies.
+    _only_clusterability(run_dir, model="models/not-here.safetensors").save(tmp_path / "results.json")
+    model = run_dir / "models" / "net.safetensors"
     backend = dict.__getitem__(matplotlib.rcParams, "backend")  # the raw value: reading it resolves nothing
-    first = write_report(tmp_path / "results.json").read_bytes()
-    path = write_report(tmp_path / "results.json")
+    first = write_report(tmp_path / "results.json", model=model).read_bytes()
+    path = write_report(tmp_path / "results.json", model=model)
     assert dict.__getitem__(matplotlib.rcParams, "backend") == backend
     assert path == tmp_path / "report.html" and path.read_bytes() == first
     assert len(_images(first.decode())) == 2  # histogram and drawing
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "results.json"]  # no temp files
+    missing = render_html(_only_clusterability(run_dir), tmp_path, model=tmp_path / "nope.safetensors")
+    assert f"Model file {tmp_path / 'nope.safetensors'} not found:" in missing
+
+
+def test_an_absolute_model_path_inside_the_run_folder_is_read(run_dir, tmp_path):
+    (tmp_path / "models").mkdir()
+    shutil.copy(run_dir / "models" / "net.safetensors", tmp_path / "models" / "net.safetensors")
+    result = _only_clusterability(run_dir, model=str(tmp_path / "models" / "net.safetensors"))
+    assert len(_images(render_html(result, tmp_path))) == 2
+
+
+@pytest.mark.parametrize("where", ["../../../etc/passwd", "/etc/passwd", "outside", "link"])
+def test_a_model_path_outside_the_run_folder_is_refused(run_dir, tmp_path, monkeypatch, capsys, where):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    model = run_dir / "models" / "net.safetensors"
+    if where == "outside":
+        where = str(model)
+    elif where == "link":  # a link inside the folder that leads out of it
+        (folder / "models").mkdir()
+        (folder / "models" / "net.safetensors").symlink_to(model)
+        where = "models/net.safetensors"
+    _only_clusterability(run_dir, model=where).save(folder / "results.json")
+
+    def never(*args, **kwargs):
+        raise AssertionError("a model outside the run folder was read")
+
+    monkeypatch.setattr("modscope.models.load_model", never)
+    with pytest.raises(ValueError, match=re.escape(f"model {where!r} lies outside the run folder")):
+        write_report(folder / "results.json")
+    assert main(["report", str(folder / "results.json")]) == 2
+    err = capsys.readouterr().err
+    assert "lies outside the run folder" in err and "--model PATH" in err and "Traceback" not in err
+    assert not (folder / "report.html").exists()
+    monkeypatch.undo()
+    # named on the command line, the same model is drawn
+    assert main(["report", str(folder / "results.json"), "--model", str(model)]) == 0
+    assert len(_images((folder / "report.html").read_text())) == 2
 
 
 def _mutated(run_dir: Path, tmp_path: Path, edit) -> Path:
@@ -278,12 +295,57 @@ def _mutated(run_dir: Path, tmp_path: Path, edit) -> Path:
         (lambda d: d["sections"][4].pop("series"), "lacks the key 'series'"),
         (lambda d: d["sections"][4]["series"].update(x=[[1, "a"]]), "series 'x' must be a list of [x, y]"),
         (lambda d: d["sections"][4].update(xscale="symlog"), "'xscale' must be 'linear' or 'log'"),
+        (lambda d: d.update(seconds=None), "field 'seconds' must be a wall time in seconds"),
+        (lambda d: d.update(seconds="3 min"), "field 'seconds' must be a wall time in seconds"),
+        (lambda d: d.update(sections=None), "field 'sections' must be a list, got None"),
+        (lambda d: d.update(claims={"a": 1}), "field 'claims' must be a list"),
+        (lambda d: d.update(summary=None), "field 'summary' must be a 'table' section"),
+        (lambda d: d.update(versions=None), "field 'versions' must be a JSON object"),
+        (lambda d: d.update(title=3), "field 'title' must be a string"),
+        (lambda d: d["sections"].append(None), "a section must be a JSON object"),
+        (lambda d: d["claims"].append("yes"), "a claim must be an object"),
+        (lambda d: d["sections"][1].update(ncut="low"), "'ncut' must be a number or null"),
+        (lambda d: d["sections"][1].update(model=7), "'model' must be a path or null"),
+        (lambda d: d["sections"][1].update(labels="0,1"), "'labels' must be a list of cluster numbers"),
     ],
 )
-def test_bad_results_give_a_clear_error(run_dir, tmp_path, edit, message):
+def test_bad_results_give_a_clear_error(run_dir, tmp_path, edit, message, capsys):
+    path = _mutated(run_dir, tmp_path, edit)
     with pytest.raises(ValueError, match=re.escape(message)):
-        write_report(_mutated(run_dir, tmp_path, edit))
+        write_report(path)
+    assert main(["report", str(path)]) == 2  # the command says what is wrong, without a traceback
+    err = capsys.readouterr().err
+    assert str(path) in err and message in err and "Traceback" not in err
     assert not (tmp_path / "report.html").exists()
+
+
+def test_section_constructors_build_valid_sections_and_refuse_bad_ones():
+    lesions = lesions_section(
+        "L", classes=[0, 1], modules=[{"name": module_name("fc1", 2), "label": "important",
+                                       "p_important": 0.05, "damage": 0.1, "class_damage": (0.2, 0.0)}],
+    )  # fmt: skip
+    assert lesions["modules"][0]["name"] == "fc1/c2" and lesions["classes"] == ["0", "1"]
+    assert lesions["modules"][0]["class_damage"] == [0.2, 0.0] and lesions["pairs"] == []
+    lines = lines_section("S", xlabel="x", ylabel="y", series={"a": [(1, 2.0)]})
+    assert lines == {"kind": "lines", "title": "S", "xlabel": "x", "ylabel": "y", "series": {"a": [[1, 2.0]]}}
+    for section in (lesions, lines, table("T", ["a"], [[1]])):
+        validate_section(section)
+    bad = [
+        (lambda: table("T", ["a", "b"], [[1]]), "does not have one cell per column"),
+        (lambda: clusterability_section("C", network="n", k=1, ncut=0.5, nulls={}), "'k' must be an int"),
+        (lambda: clusterability_section("C", network="n", k=2, ncut=0.5, nulls={"layer": 0.5}), "'nulls'"),
+        (lambda: lines_section("S", xlabel="x", ylabel="y", series={}, xscale="symlog"), "'xscale'"),
+        (lambda: lesions_section("L", classes=["0"], modules=[{"name": "m", "label": "important",
+                                                             "class_damage": [0.1, 0.2]}]),
+         "2 class damages for 1 classes"),
+        (lambda: masks_section("M", layers=["w"], sizes={"w": 1}, kept={"a": {"w": 1}}, iou={}, iomin={},
+                               pair=["a"], accuracy=table("A", ["a"], [])), "'pair' must name two tasks"),
+        (lambda: masks_section("M", layers=["w"], sizes={"w": 1}, kept={}, iou={}, iomin={}, pair=["a", "b"],
+                               accuracy={"kind": "lines"}), "'accuracy' must be a 'table'"),
+    ]  # fmt: skip
+    for build, message in bad:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            build()
 
 
 def test_corrupt_or_missing_results_file(tmp_path):

@@ -63,3 +63,31 @@ def test_reproduce_prints_the_config_and_rejects_unknown_settings(capsys):
     assert json.loads(capsys.readouterr().out)["seed"] == 3
     assert main(["reproduce", "addmul", "--show-config", "--set", "sed=3"]) == 2
     assert "no setting 'sed'" in capsys.readouterr().err
+
+
+def test_show_config_checks_the_whole_config(capsys):
+    assert main(["reproduce", "clusterability", "--show-config", "--set", "k=1"]) == 2
+    assert "k must be an int >= 2, got 1" in capsys.readouterr().err
+    assert main(["reproduce", "addmul", "--show-config", "--set", "protocol=heldout"]) == 2
+    assert "protocol 'heldout' needs the share of pairs" in capsys.readouterr().err
+
+
+def test_a_bad_setting_writes_nothing_so_the_fixed_command_runs(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["reproduce", "lesions", "--out", str(out), "--no-progress", "--set", "min_units=0"]) == 2
+    assert "min_units must be an int >= 1" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_an_edited_unit_file_is_a_clear_error(tmp_path, capsys):
+    from modscope.experiments import experiment_config
+    from modscope.experiments.run import Run
+
+    overrides = {"hidden": "8x2", "networks": 1}
+    config = experiment_config("double-addition", overrides=overrides)
+    Run(tmp_path, "double-addition", "custom", config).unit("fnn-0", lambda: {"seed": "zero"})
+    args = ["reproduce", "double-addition", "--out", str(tmp_path), "--no-progress"]
+    assert main(args + [f"--set={k}={json.dumps(v)}" for k, v in overrides.items()]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "units" / "fnn-0.json") in err and "delete it to recompute that unit" in err
+    assert "Traceback" not in err

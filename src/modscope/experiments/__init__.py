@@ -1,8 +1,9 @@
 """The papers' experiments, one function call (or ``modscope reproduce NAME``) each.
 
 Every experiment module defines ``TITLE``, ``SETTINGS`` (``"quick"``: minutes on a 2-core CPU;
-``"paper"``: the papers' sizes) and ``reproduce(run, config) -> RunResult``. :func:`reproduce` picks the
-setting, applies overrides, opens the run folder (resuming what is there) and writes ``results.json``.
+``"paper"``: the papers' sizes), ``check_config(config)`` (ValueError naming the key at fault) and
+``reproduce(run, config) -> RunResult`` (:mod:`modscope.results`). :func:`reproduce` picks the setting,
+applies and checks overrides, opens the run folder (resuming what is there) and writes ``results.json``.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from modscope.experiments.results import RunResult, table
 from modscope.experiments.run import Progress, Run
+from modscope.results import RunResult
 
-__all__ = ["EXPERIMENTS", "Progress", "Run", "RunResult", "experiment_config", "reproduce", "table"]
+__all__ = ["EXPERIMENTS", "Progress", "Run", "RunResult", "experiment_config", "reproduce"]
 
 #: name -> module implementing it.
 EXPERIMENTS: dict[str, str] = {
@@ -37,8 +38,11 @@ def _module(name: str) -> ModuleType:
 
 def experiment_config(name: str, setting: str = "quick", overrides: Mapping[str, Any] | None = None) -> dict:
     """The config of experiment ``name`` at ``setting``, with ``overrides`` applied (known keys only,
-    values of the same type as the setting's)."""
-    settings = _module(name).SETTINGS
+    values of the same type as the setting's), checked as a whole by the experiment: a ValueError names the
+    key at fault. Checks that need the data (``k`` against the network's size) come when the run starts,
+    still before anything is written."""
+    module = _module(name)
+    settings = module.SETTINGS
     if setting not in settings:
         raise ValueError(f"experiment {name!r} has settings {sorted(settings)}, not {setting!r}")
     config = dict(settings[setting])
@@ -56,6 +60,7 @@ def experiment_config(name: str, setting: str = "quick", overrides: Mapping[str,
         if not ok:
             raise ValueError(f"setting {key!r} of {name!r} takes a {type(old).__name__}, got {value!r}")
         config[key] = value
+    module.check_config(config)
     return config
 
 

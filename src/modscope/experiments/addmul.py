@@ -58,24 +58,25 @@ from modscope.experiments.arithmetic import (
     PAPER,
     above_chance,
     check_masks_config,
-    check_sizes,
+    check_unit,
     curves_section,
     evaluate,
     fmt,
-    masks_section,
     mean,
+    mean_masks_section,
     reference_label,
     reference_mask,
     task_data,
     train_and_mask,
 )
-from modscope.experiments.results import RunResult, table
+from modscope.experiments.checks import NUMBER, check_sizes
 from modscope.experiments.run import Run
 from modscope.masks import MaskEvalTable, MaskSet, iomin, iou, p_specialize, sharing
 from modscope.models import parse_spec
+from modscope.results import RunResult, lines_section, table
 from modscope.versions import versions
 
-__all__ = ["CHANCE", "EXCLUSIVE", "SETTINGS", "SPECIALIZED", "TITLE", "analyze", "reproduce"]
+__all__ = ["CHANCE", "EXCLUSIVE", "SETTINGS", "SPECIALIZED", "TITLE", "analyze", "check_config", "reproduce"]
 
 TITLE = "Addition and multiplication: do weight masks specialize per operation? (Csordás et al. 2021)"
 #: P_specialize from which "removing X's weights hurts X far more than the other operation" holds: the
@@ -149,6 +150,19 @@ def _groups(config: Mapping[str, Any]) -> list[tuple[str, str]]:
     return groups
 
 
+def check_config(config: Mapping[str, Any]) -> None:
+    """Validate ``config`` (ValueError naming the key)."""
+    _groups(config)
+
+
+_DIRECTIONS = {"+|*": NUMBER, "*|+": NUMBER}
+#: What the report reads from a unit file beyond the fields every mask experiment has.
+_UNIT = {
+    "p_specialize": _DIRECTIONS, "p_specialize_exclusive": _DIRECTIONS, "derived_kept": {"core": dict},
+    "shared": {"+": {"total": NUMBER, "per_layer": dict}},
+}  # fmt: skip
+
+
 def _make(split, ops, frac, seed):
     return data.addmul(split, ops=ops, test_fraction=frac, seed=seed).tensors
 
@@ -194,12 +208,12 @@ def _unit(run: Run, config: Mapping[str, Any], kind: str, sizes: str, i: int) ->
         doc.update(kind=kind, width=sizes, network=i, **found)
         return finite(doc)
 
-    return key, run.unit(key, compute)
+    return key, run.unit(key, compute, check=lambda doc: check_unit(doc, _UNIT))
 
 
 def reproduce(run: Run, config: dict) -> RunResult:
     """Run (or resume) the experiment in ``run``'s folder; see the module docstring."""
-    groups = _groups(config)
+    groups = _groups(config)  # checks the config
     jobs = [(kind, sizes, i) for kind, sizes in groups for i in range(config["networks"])]
     units: dict[str, dict[str, Any]] = {}
     for done, (kind, sizes, i) in enumerate(jobs):
@@ -277,7 +291,7 @@ def _group_result(config, kind, sizes, docs) -> tuple[list, list, list, list]:
     columns = ["evaluated on", *(c for c, _, _ in _CONDITIONS)]
     data_note = "every input" if not config["heldout"] else f"held-out pairs ({config['heldout']:.0%})"
     sections = [
-        masks_section(f"{name}: masks of + and × (mean of {of})", docs, ("+", "*"), table(
+        mean_masks_section(f"{name}: masks of + and × (mean of {of})", docs, ("+", "*"), table(
             f"{name}: accuracy on {data_note}", columns, acc,
             note=f"Mean of {of}. Both digits must be right (chance {CHANCE}). X: only mask X's weights; ¬X: "
             f"every weight except X's (biases are never masked); control: the mask trained on both "
@@ -312,16 +326,13 @@ def _sharing_lines(groups, units, config) -> dict[str, Any]:
         series.setdefault("all layers", []).append([x, mean([d["shared"]["+"]["total"] for d in docs])])
         for n in docs[0]["layers"]:
             series.setdefault(n, []).append([x, mean([d["shared"]["+"]["per_layer"][n] for d in docs])])
-    return {
-        "kind": "lines",
-        "title": "Sharing vs. network size: share of the + mask's weights that the × mask also keeps",
-        "xlabel": "units in the first hidden layer",
-        "ylabel": "shared / kept by +",
-        "series": {k: [p for p in v if p[1] is not None] for k, v in series.items()},
-        "xscale": "log",
-        "note": "Σ|+ ∧ ×| / Σ|+| over all masked layers (the authors' 'total shared'), and the same per "
+    return lines_section(
+        "Sharing vs. network size: share of the + mask's weights that the × mask also keeps",
+        xlabel="units in the first hidden layer", ylabel="shared / kept by +",
+        series={k: [p for p in v if p[1] is not None] for k, v in series.items()}, xscale="log",
+        note="Σ|+ ∧ ×| / Σ|+| over all masked layers (the authors' 'total shared'), and the same per "
         f"layer; mean over {config['networks']} network(s) per width.",
-    }
+    )  # fmt: skip
 
 
 def _trend_claim(lines: Mapping[str, Any]) -> dict[str, Any]:

@@ -30,8 +30,6 @@ times per run (``curves``) so that a reader can see whether the masks have stopp
 from __future__ import annotations
 
 import json
-import math
-import re
 from collections.abc import Mapping, Sequence
 from statistics import fmean
 from typing import Any
@@ -39,9 +37,11 @@ from typing import Any
 from torch import Tensor
 
 from modscope.atomic import write_json_atomic
+from modscope.experiments.checks import NUMBER, check_choice, check_fields, check_int, check_number
 from modscope.experiments.run import Run
 from modscope.masks import MaskEvalTable, MaskSet, evaluate_masks, reference_score, train_masks
-from modscope.models import INITS, parse_spec
+from modscope.models import INITS
+from modscope.results import lines_section, masks_section
 from modscope.training import cross_entropy, save_trained
 from modscope.training.losses import correct
 from modscope.training.recipes import run_recipe
@@ -54,17 +54,15 @@ __all__ = [
     "REFERENCES",
     "SETTLED",
     "above_chance",
-    "check_int",
     "check_masks_config",
-    "check_number",
-    "check_sizes",
+    "check_unit",
     "convergence",
     "curves_section",
     "evaluate",
     "exact_match",
     "fmt",
-    "masks_section",
     "mean",
+    "mean_masks_section",
     "reference_label",
     "reference_mask",
     "split_of",
@@ -92,42 +90,9 @@ REFERENCES = ("control", "full")
 SETTLED = 0.02
 
 
-def check_int(config: Mapping[str, Any], key: str, low: int) -> int:
-    """``config[key]`` as an int >= ``low``; ``ValueError`` naming the key and value otherwise."""
-    v = config[key]
-    if isinstance(v, bool) or not isinstance(v, int) or v < low:
-        raise ValueError(f"{key} must be an int >= {low}, got {v!r}")
-    return v
-
-
-def check_number(config: Mapping[str, Any], key: str, *, positive: bool) -> float:
-    """``config[key]`` as a finite float, > 0 (``positive``) or >= 0; ``ValueError`` otherwise."""
-    v = config[key]
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    if not ok or v < 0 or (positive and v == 0):
-        raise ValueError(f"{key} must be a finite number {'> 0' if positive else '>= 0'}, got {v!r}")
-    return float(v)
-
-
-def check_sizes(config: Mapping[str, Any], key: str, template: str, pattern: str, example: str) -> str:
-    """The model spec ``template`` filled with ``config[key]`` (layer sizes like ``example``), validated."""
-    v = config[key]
-    if not isinstance(v, str) or not re.fullmatch(pattern, v):
-        raise ValueError(f"{key} must be layer sizes like {example!r}, got {v!r}")
-    spec = template.format(v)
-    parse_spec(spec)  # zero sizes etc.: a SpecError (a ValueError) naming the spec
-    return spec
-
-
-def _choice(config: Mapping[str, Any], key: str, choices: Sequence[str]) -> str:
-    if config[key] not in choices:
-        raise ValueError(f"{key} must be one of {list(choices)}, got {config[key]!r}")
-    return config[key]
-
-
 def check_masks_config(config: Mapping[str, Any]) -> None:
     """Validate the keys the mask experiments share: protocol, networks, seeds, lengths, mask settings."""
-    protocol = _choice(config, "protocol", PROTOCOLS)
+    protocol = check_choice(config, "protocol", PROTOCOLS)
     heldout = check_number(config, "heldout", positive=False)
     if heldout >= 1:
         raise ValueError(f"heldout must be a share of the pairs in [0, 1), got {heldout!r}")
@@ -138,8 +103,8 @@ def check_masks_config(config: Mapping[str, Any]) -> None:
         )
     if protocol == "heldout" and not heldout:
         raise ValueError("protocol 'heldout' needs the share of pairs to hold out, e.g. heldout=0.1")
-    _choice(config, "reference", REFERENCES)
-    _choice(config, "init", INITS)
+    check_choice(config, "reference", REFERENCES)
+    check_choice(config, "init", INITS)
     check_number(config, "clip", positive=False)
     for key, low in (("networks", 1), ("seed", 0), ("train_steps", 1), ("mask_steps", 1), ("samples", 1)):
         check_int(config, key, low)
@@ -150,6 +115,24 @@ def check_masks_config(config: Mapping[str, Any]) -> None:
         )
     check_number(config, "beta", positive=False)
     check_number(config, "mask_lr", positive=True)
+
+
+#: What the reports read from a unit file, of the fields :func:`train_and_mask` writes.
+_UNIT = {
+    "seed": int, "layers": list, "tasks": list, "sizes": dict, "kept": dict, "curves": dict,
+    "still_moving": dict, "table": dict, "iou": {"total": NUMBER, "per_layer": dict},
+    "iomin": {"total": NUMBER, "per_layer": dict}, "network": int,
+}  # fmt: skip
+
+
+def check_unit(doc: Mapping[str, Any], fields: Mapping[str, Any]) -> None:
+    """Check a mask experiment's unit file read back: the shared fields, its own ``fields``
+    (:func:`modscope.experiments.checks.check_fields`) and its evaluation table."""
+    check_fields(doc, {**_UNIT, **fields})
+    MaskEvalTable.from_dict(doc["table"])
+    for task in doc["tasks"]:
+        check_fields(doc["kept"], {task: dict}, "kept")
+        check_fields(doc["curves"], {task: list}, "curves")
 
 
 def split_of(config: Mapping[str, Any]) -> tuple[str, str]:
@@ -301,13 +284,13 @@ def task_data(config: Mapping[str, Any], make, views: Mapping[str, Any], seed: i
     return {name: make(split, v, config["heldout"], seed) for name, v in views.items()}
 
 
-def masks_section(
+def mean_masks_section(
     title: str,
     units: Sequence[Mapping[str, Any]],
     pair: tuple[str, str],
     accuracy: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """A ``"masks"`` section (schema in :mod:`modscope.experiments.results`) averaged over ``units``.
+    """A ``"masks"`` section (:func:`modscope.results.masks_section`) averaged over ``units``.
 
     ``kept`` is the mean count over the networks, rounded; ``iou`` / ``iomin`` the per-layer means."""
     layers, tasks = units[0]["layers"], units[0]["tasks"]
@@ -315,17 +298,11 @@ def masks_section(
     def per_layer(field: str) -> dict[str, float | None]:
         return {n: mean([u[field]["per_layer"][n] for u in units]) for n in layers}
 
-    return {
-        "kind": "masks",
-        "title": title,
-        "layers": layers,
-        "sizes": {n: units[0]["sizes"][n] for n in layers},
-        "kept": {t: {n: round(fmean(u["kept"][t][n] for u in units)) for n in layers} for t in tasks},
-        "iou": per_layer("iou"),
-        "iomin": per_layer("iomin"),
-        "pair": list(pair),
-        "accuracy": accuracy,
-    }
+    return masks_section(
+        title, layers=layers, sizes={n: units[0]["sizes"][n] for n in layers},
+        kept={t: {n: round(fmean(u["kept"][t][n] for u in units)) for n in layers} for t in tasks},
+        iou=per_layer("iou"), iomin=per_layer("iomin"), pair=pair, accuracy=accuracy,
+    )  # fmt: skip
 
 
 def curves_section(title: str, units: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -333,14 +310,10 @@ def curves_section(title: str, units: Mapping[str, Mapping[str, Any]]) -> dict[s
     series = {f"{key}: {task}": curve for key, u in units.items() for task, curve in u["curves"].items()}
     moving = [f"{key} {t}: {fmt(100 * v)}%" for key, u in units.items() for t, v in u["still_moving"].items()
               if v is not None]  # fmt: skip
-    return {
-        "kind": "lines",
-        "title": title,
-        "xlabel": "mask training step",
-        "ylabel": "kept weights / masked weights",
-        "series": series,
-        "note": "Share of the masked weights each mask keeps (logit > 0) as it trains. Change over the last "
+    return lines_section(
+        title, xlabel="mask training step", ylabel="kept weights / masked weights", series=series,
+        note="Share of the masked weights each mask keeps (logit > 0) as it trains. Change over the last "
         f"fifth of the steps, relative to the final count (settled below {100 * SETTLED:.0f}%): "
         + ("; ".join(moving) or "none recorded") + ".",
-    }
+    )  # fmt: skip
 

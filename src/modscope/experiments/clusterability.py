@@ -24,7 +24,8 @@ and after pruning. The pruning phase lasts as long as the first phase (the paper
 
 **Seeds.** Network ``i`` of every row starts from the same initialization and data order (a paired design:
 the rows differ only in the treatment); the random-init row holds exactly those initial weights. Training,
-clustering and shuffle seeds all derive from the config's ``seed`` (:func:`network_seeds`).
+clustering and shuffle seeds all derive from the config's ``seed``
+(:func:`modscope.experiments.structural.network_seeds`).
 
 An unpruned network has no zero weights, so its ``layer_nonzero`` shuffles are its ``layer`` shuffles:
 they are clustered once.
@@ -36,30 +37,33 @@ so at least 20 shuffles are needed for any network to be significant) and the me
 
 from __future__ import annotations
 
-import math
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from statistics import fmean
 from typing import Any
 
-import numpy as np
-
 from modscope.atomic import finite
 from modscope.cluster import clusterability, cohens_d
-from modscope.experiments.results import RunResult, table
+from modscope.experiments.checks import NUMBER, check_fields, check_fraction, check_int, check_n_jobs
 from modscope.experiments.run import Run
+from modscope.experiments.structural import (
+    check_k_fits,
+    check_mlp_config,
+    load_task,
+    network_seeds,
+    steps_per_epoch,
+    train_mlp,
+)
 from modscope.graph import SHUFFLES, WeightGraph
 from modscope.models import build_model, parse_spec
+from modscope.results import RunResult, clusterability_section, table
 from modscope.training import evaluate, save_trained
-from modscope.training.recipes import RECIPES, TaskData, load_task_data, run_recipe
 from modscope.versions import versions
 
-__all__ = ["ALPHA", "ROWS", "SETTINGS", "TITLE", "Row", "network_seeds", "reproduce"]
+__all__ = ["ALPHA", "ROWS", "SETTINGS", "TITLE", "Row", "check_config", "reproduce"]
 
 TITLE = "Clusterability of MLPs: n-cut against shuffled networks (Filan et al. 2021)"
 PAPER = "Filan et al. 2021 (arXiv:2103.03386)"
-RECIPE = "clusterability-mlp"
 #: Significance level of one network's shuffle test.
 ALPHA = 0.05
 
@@ -120,105 +124,10 @@ ROWS: tuple[Row, ...] = (
 _ROW = {r.key: r for r in ROWS}
 
 
-def network_seeds(seed: int, network: int) -> tuple[int, int, int, int]:
-    """``(training, clustering, lesion, pair lesion)`` seeds of network ``network``, from the master ``seed``.
-
-    Independent across networks and master seeds (``numpy.random.SeedSequence``). The training seed sets
-    the initialization, data order and dropout (and, for ``"digits"``, the train/test split); the
-    clustering seed the partition and the shuffles; the lesion seeds the random control lesions of single
-    modules and of pairs (:mod:`modscope.experiments.lesions`).
-    """
-    a, b, c, d = np.random.SeedSequence([seed, network]).generate_state(4)
-    return int(a), int(b), int(c), int(d)
-
-
-# ------------------------------------------------------------------------------------ config and data
-def _int(config: Mapping[str, Any], key: str, low: int) -> int:
-    v = config[key]
-    if isinstance(v, bool) or not isinstance(v, int) or v < low:
-        raise ValueError(f"{key} must be an int >= {low}, got {v!r}")
-    return v
-
-
-def _fraction(config: Mapping[str, Any], key: str, high_open: bool = True) -> float:
-    v = config[key]
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-    if not ok or (high_open and v >= 1):
-        want = "in (0, 1)" if high_open else "positive"
-        raise ValueError(f"{key} must be a number {want}, got {v!r}")
-    return float(v)
-
-
-def check_mlp_config(config: Mapping[str, Any]) -> str:
-    """Validate the keys shared by the MLP experiments; returns the model spec template."""
-    datasets = RECIPES[RECIPE].datasets
-    if config["dataset"] not in datasets:
-        raise ValueError(f"dataset must be one of {list(datasets)}, got {config['dataset']!r}")
-    hidden = config["hidden"]
-    if not isinstance(hidden, str) or not re.fullmatch(r"\d+(x\d+)?(-\d+(x\d+)?)*", hidden):
-        raise ValueError(f"hidden must be layer sizes like '256x4' or '400-400-200', got {hidden!r}")
-    parse_spec(f"mlp:1-{hidden}-1")  # zero sizes etc.: SpecError (a ValueError) naming the spec
-    for key, low in (("epochs", 1), ("networks", 1), ("k", 2), ("seed", 0)):
-        _int(config, key, low)
-    return f"mlp:{{in}}-{hidden}-{{out}}"
-
-
-def task_data(dataset: str, seed: int) -> TaskData:
-    """:func:`load_task_data`, with a pointer to ``make data`` when the files are missing."""
-    try:
-        return load_task_data(dataset, seed=seed)
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"{exc}\nIn a modscope checkout, `make data` gets them.") from None
-
-
-def steps_per_epoch(task: TaskData) -> int:
-    return math.ceil(len(task.train[0]) / RECIPES[RECIPE].batch_size)
-
-
-def check_k_fits(template: str, task: TaskData, k: int) -> None:
-    sizes = parse_spec(template.format(**task.fill))["sizes"]
-    if k >= sum(sizes):
-        raise ValueError(
-            f"k={k} must be smaller than the number of graph nodes ({sum(sizes)}, sizes {sizes})"
-        )
-
-
-def forward(run: Run) -> Callable[[str, int, int, dict], None]:
-    """``run_recipe``'s progress (labels ``"train"``/``"prune"``) forwarded to the run."""
-    return lambda label, done, total, info: run.report(label, done, total, info)
-
-
-def train_mlp(
-    run: Run,
-    key: str,
-    template: str,
-    config: Mapping[str, Any],
-    steps: int,
-    seed: int,
-    *,
-    dropout: float = 0.0,
-    prune: bool = False,
-    l1: float = 0.0,
-    clusterable: bool = False,
-    checkpoint_key: str | None = None,
-):
-    """Train (and prune) one MLP with checkpoints, save it to ``run.model_path(key)``.
-
-    Both phases last ``steps`` updates (``epochs`` epochs). Returns ``(model, results, path)``.
-    """
-    model, spec, results, train_config = run_recipe(
-        RECIPE, dataset=config["dataset"], spec=template, dropout=dropout or None, prune=prune, l1=l1,
-        clusterable=clusterable, seed=seed, steps=steps, progress=forward(run),
-        checkpoint=run.checkpoint_prefix(checkpoint_key or key),
-    )  # fmt: skip
-    train_config = {**train_config, "epochs": config["epochs"]}
-    path = save_trained(model, spec, run.model_path(key), train_config, results[-1])
-    return model, results, path
-
-
 # ------------------------------------------------------------------------------------ one network
 def _clusterability_unit(run: Run, config: Mapping[str, Any], template: str, steps: int, row: Row, i: int):
-    train_seed, cluster_seed, *_ = network_seeds(config["seed"], i)
+    seeds = network_seeds(config["seed"], i)
+    train_seed, cluster_seed = seeds.train, seeds.cluster
     key = f"{row.key}-{i}"
 
     def compute() -> dict[str, Any]:
@@ -234,7 +143,7 @@ def _clusterability_unit(run: Run, config: Mapping[str, Any], template: str, ste
             doc["phase_accuracy"] = [r.eval_accuracy for r in results]
             doc["sparsity"] = results[-1].sparsity
         else:
-            task = task_data(config["dataset"], train_seed)
+            task = load_task(config["dataset"], train_seed)
             spec = parse_spec(template.format(**task.fill))
             model = build_model(spec, seed=train_seed)  # what run_recipe starts the control network from
             path = save_trained(model, spec, run.model_path(key), {"untrained": True, "seed": train_seed})
@@ -267,25 +176,38 @@ def _clusterability_unit(run: Run, config: Mapping[str, Any], template: str, ste
         doc["model"] = run.relative(path)
         return finite(doc)
 
-    return key, run.unit(key, compute)
+    return key, run.unit(key, compute, check=_check_unit)
 
 
-def _check(config: Mapping[str, Any]) -> str:
+_NULL = {"null_ncuts": list, "null_mean": NUMBER, "null_std": NUMBER, "z": NUMBER, "p_value": NUMBER}
+#: What the tables read from a unit file.
+_UNIT = {
+    "row": str, "seed": int, "ncut": NUMBER, "k": int, "labels": list, "accuracy": NUMBER, "model": str,
+    "shuffles": {kind: _NULL for kind in SHUFFLES},
+}  # fmt: skip
+
+
+def _check_unit(doc: Mapping[str, Any]) -> None:
+    check_fields(doc, _UNIT)
+    if doc["row"] not in _ROW:
+        raise ValueError(f"'row' must be one of {list(_ROW)}, got {doc['row']!r}")
+
+
+def check_config(config: Mapping[str, Any]) -> str:
+    """Validate ``config`` (ValueError naming the key); returns the model spec template."""
     template = check_mlp_config(config)
-    _int(config, "shuffles", 2)
-    n_jobs = config["n_jobs"]
-    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or not (n_jobs >= 1 or n_jobs == -1):
-        raise ValueError(f"n_jobs must be a positive int or -1 (one worker per CPU), got {n_jobs!r}")
-    _fraction(config, "dropout")
-    _fraction(config, "l1", high_open=False)
+    check_int(config, "shuffles", 2)
+    check_n_jobs(config)
+    check_fraction(config, "dropout")
+    check_fraction(config, "l1", high_open=False)
     return template
 
 
 # ------------------------------------------------------------------------------------ the run
 def reproduce(run: Run, config: Mapping[str, Any]) -> RunResult:
     """Train, prune and cluster every network of the table (resuming finished ones); see the module doc."""
-    template = _check(config)
-    task = task_data(config["dataset"], network_seeds(config["seed"], 0)[0])
+    template = check_config(config)
+    task = load_task(config["dataset"], network_seeds(config["seed"], 0).train)
     check_k_fits(template, task, config["k"])
     steps = config["epochs"] * steps_per_epoch(task)
     n = config["networks"]
@@ -389,16 +311,11 @@ def _claims(by_row: Mapping[str, list], config: Mapping[str, Any]) -> tuple[dict
 def _representative(units: Mapping[str, Mapping[str, Any]]) -> dict:
     key = "control-pruned-0"
     u = units[key]
-    return {
-        "kind": "clusterability",
-        "title": f"One pruned control network ({key}) against its shuffles",
-        "network": key,
-        "k": u["k"],
-        "ncut": u["ncut"],
-        "nulls": {kind: u["shuffles"][kind]["null_ncuts"] for kind in SHUFFLES},
-        "model": u["model"],
-        "labels": u["labels"],
-    }
+    return clusterability_section(
+        f"One pruned control network ({key}) against its shuffles", network=key, k=u["k"], ncut=u["ncut"],
+        nulls={kind: u["shuffles"][kind]["null_ncuts"] for kind in SHUFFLES}, model=u["model"],
+        labels=u["labels"],
+    )  # fmt: skip
 
 
 def _network_table(units: Mapping[str, Mapping[str, Any]]) -> dict:

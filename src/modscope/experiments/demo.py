@@ -13,6 +13,7 @@ and pruned to 90% sparsity (Filan et al. arXiv:2103.03386's protocol, scaled dow
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -20,8 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from modscope.experiments.results import RunResult, table
+from modscope.experiments.checks import NUMBER, check_fields, check_int, check_n_jobs, check_number
 from modscope.experiments.run import Run
+from modscope.experiments.structural import check_mlp_config, lesion_section, network_seeds
+from modscope.results import RunResult, clusterability_section, masks_section, table
 from modscope.versions import versions
 
 TITLE = "modscope demo: both lenses on a pruned MLP trained on scikit-learn's 8x8 digits"
@@ -44,6 +47,45 @@ SETTINGS: dict[str, dict[str, Any]] = {
 SPECIALIZED = 0.25
 
 _GROUPS = {"0-4": range(0, 5), "5-9": range(5, 10)}
+_SHUFFLES = ("layer", "layer_nonzero")
+
+
+def check_config(config: Mapping[str, Any]) -> None:
+    """Validate ``config`` (ValueError naming the key)."""
+    check_mlp_config({**config, "dataset": "digits", "networks": 1})
+    check_int(config, "shuffles", 2)
+    check_int(config, "n_random", 1)
+    check_int(config, "mask_steps", 1)
+    check_number(config, "beta", positive=False)
+    check_n_jobs(config)
+
+
+def _check_clusters(doc: Mapping[str, Any]) -> None:
+    from modscope.cluster import ClusterabilityResult
+
+    for shuffle in _SHUFFLES:
+        ClusterabilityResult.from_dict(doc[shuffle])
+
+
+def _check_lesions(doc: Mapping[str, Any]) -> None:
+    from modscope.lesion import LesionStudy
+
+    LesionStudy.from_dict(doc["study"])
+    for p in doc["pairs"]:
+        check_fields(p, {"a": int, "b": int, "interaction": NUMBER, "p_value": NUMBER}, "pairs[]")
+
+
+def _check_masks(doc: Mapping[str, Any]) -> None:
+    from modscope.masks import MaskEvalTable
+
+    pair = {"|".join(_GROUPS): NUMBER, "|".join(reversed(_GROUPS)): NUMBER}
+    overlap = {"total": NUMBER, "per_layer": dict}
+    check_fields(doc, {"table": dict, "p_specialize": pair, "iou": overlap, "iomin": overlap, "kept": dict,
+                       "sizes": dict})  # fmt: skip
+    MaskEvalTable.from_dict(doc["table"])
+
+
+_NETWORK = {"model": str, "trained_accuracy": (int, float), "pruned_accuracy": (int, float)}
 
 
 def _train(run: Run, cfg: dict) -> dict:
@@ -52,7 +94,8 @@ def _train(run: Run, cfg: dict) -> dict:
 
     model, spec, results, config = run_recipe(
         "clusterability-mlp", dataset="digits", spec=f"mlp:{{in}}-{cfg['hidden']}-{{out}}",
-        epochs=cfg["epochs"], prune=True, seed=cfg["seed"], checkpoint=run.checkpoint_prefix("network"),
+        epochs=cfg["epochs"], prune=True, seed=network_seeds(cfg["seed"], 0).train,
+        checkpoint=run.checkpoint_prefix("network"),
         progress=run.report,
     )  # fmt: skip
     save_trained(model, spec, run.model_path("network"), config, results[-1])
@@ -77,9 +120,10 @@ def _cluster(run: Run, cfg: dict) -> dict:
 
     _, graph = _load(run)
     out: dict[str, Any] = {}
-    for i, shuffle in enumerate(("layer", "layer_nonzero")):
+    seed = network_seeds(cfg["seed"], 0).cluster  # one seed for both nulls: both test the same partition
+    for shuffle in _SHUFFLES:
         res = clusterability(
-            graph, k=cfg["k"], n_shuffles=cfg["shuffles"], shuffle=shuffle, seed=cfg["seed"] + i,
+            graph, k=cfg["k"], n_shuffles=cfg["shuffles"], shuffle=shuffle, seed=seed,
             n_jobs=cfg["n_jobs"], progress=lambda d, t, s=shuffle: run.report(f"{s} shuffles", d, t),
         )  # fmt: skip
         out[shuffle] = res.to_dict()
@@ -90,12 +134,13 @@ def _lesions(run: Run, cfg: dict, partition: Any, test: tuple) -> dict:
     from modscope.lesion import lesion_modules, lesion_pairs
 
     model, graph = _load(run)
+    seeds = network_seeds(cfg["seed"], 0)
     study = lesion_modules(
-        model, graph, partition, test, n_random=cfg["n_random"], seed=cfg["seed"],
+        model, graph, partition, test, n_random=cfg["n_random"], seed=seeds.lesion,
         progress=lambda d, t: run.report("modules", d, t),
     )  # fmt: skip
     pairs = lesion_pairs(
-        model, graph, study, test, n_random=cfg["n_random"], seed=cfg["seed"],
+        model, graph, study, test, n_random=cfg["n_random"], seed=seeds.pairs,
         progress=lambda d, t: run.report("pairs", d, t),
     )  # fmt: skip
     return {"study": study.to_dict(), "pairs": [asdict(p) for p in pairs]}
@@ -113,7 +158,7 @@ def _masks(run: Run, cfg: dict, train_set: tuple, test_set: tuple) -> dict:
 
     masks = train_masks(
         model, split(train_set), F.cross_entropy, steps=cfg["mask_steps"], beta=cfg["beta"], batch_size=128,
-        seed=cfg["seed"], progress=lambda s, t, info: run.report("masks", s, t),
+        seed=network_seeds(cfg["seed"], 0).masks, progress=lambda s, t, info: run.report("masks", s, t),
     )  # fmt: skip
     path = run.out / "masks.safetensors"
     masks.save(path)
@@ -169,18 +214,19 @@ def reproduce(run: Run, config: dict) -> RunResult:
     from modscope.cluster import ClusterabilityResult
     from modscope.training.recipes import load_task_data
 
-    data = load_task_data("digits", seed=config["seed"])
+    check_config(config)
+    data = load_task_data("digits", seed=network_seeds(config["seed"], 0).train)
     steps = ("network", "clusters", "lesions", "masks")
     run.report("demo", 0, len(steps))
-    net = run.unit("network", lambda: _train(run, config))
+    net = run.unit("network", lambda: _train(run, config), check=lambda d: check_fields(d, _NETWORK))
     run.report("demo", 1, len(steps))
-    clusters = run.unit("clusters", lambda: _cluster(run, config))
+    clusters = run.unit("clusters", lambda: _cluster(run, config), check=_check_clusters)
     layer = ClusterabilityResult.from_dict(clusters["layer"])
     nonzero = ClusterabilityResult.from_dict(clusters["layer_nonzero"])
     run.report("demo", 2, len(steps))
-    les = run.unit("lesions", lambda: _lesions(run, config, layer.partition, data.test))
+    les = run.unit("lesions", lambda: _lesions(run, config, layer.partition, data.test), check=_check_lesions)
     run.report("demo", 3, len(steps))
-    masks = run.unit("masks", lambda: _masks(run, config, data.train, data.test))
+    masks = run.unit("masks", lambda: _masks(run, config, data.train, data.test), check=_check_masks)
     run.report("demo", 4, len(steps))
     inside = _inside_clusters(run, layer.partition.labels)
     return _result(run, config, net, layer, nonzero, les, masks, inside)
@@ -195,7 +241,6 @@ def _result(run, config, net, layer, nonzero, les, masks, inside) -> RunResult:
 
     study = les["study"]
     modules = study["modules"]
-    names = [f"{m['layer_name']}/c{m['cluster']}" for m in modules]
     n_important = sum(m["label"] == "important" for m in modules)
     combined_p = study["combined_p"]
     interacting = sum(p["p_value"] <= study["alpha"] for p in les["pairs"])
@@ -250,44 +295,21 @@ def _result(run, config, net, layer, nonzero, les, masks, inside) -> RunResult:
         [[label, *(tab.score(kind, task, s) for s in tab.eval_sets)] for label, kind, task in conditions],
         note="¬X: every weight except X's mask.",
     )  # fmt: skip
-    lesion_modules = [
-        {"name": name, "label": m["label"], "p_important": m["p_important"], "damage": m["damage"],
-         "class_damage": m["class_damage"]}
-        for name, m in zip(names, modules)
-    ]  # fmt: skip
-    lesion_pairs = [
-        {"a": names[p["a"]], "b": names[p["b"]], "interaction": p["interaction"], "p": p["p_value"]}
-        for p in les["pairs"]
-    ]
     sections = (
-        {
-            "kind": "clusterability",
-            "title": "Clusters of the pruned network",
-            "network": "digits MLP, pruned",
-            "k": layer.k,
-            "ncut": layer.ncut,
-            "nulls": {"layer": layer.null_ncuts.tolist(), "layer_nonzero": nonzero.null_ncuts.tolist()},
-            "model": net["model"],
-            "labels": layer.partition.labels.tolist(),
-        },
-        {
-            "kind": "lesions",
-            "title": "Lesions of the modules (hidden layer x cluster)",
-            "classes": [str(c) for c in range(10)],
-            "modules": lesion_modules,
-            "pairs": lesion_pairs,
-        },
-        {
-            "kind": "masks",
-            "title": "Masks for the digits 0-4 and 5-9",
-            "layers": list(masks["sizes"]),
-            "sizes": masks["sizes"],
-            "kept": masks["kept"],
-            "iou": masks["iou"]["per_layer"],
-            "iomin": masks["iomin"]["per_layer"],
-            "pair": [a, b],
-            "accuracy": accuracy,
-        },
+        clusterability_section(
+            "Clusters of the pruned network", network="digits MLP, pruned", k=layer.k, ncut=layer.ncut,
+            nulls={"layer": layer.null_ncuts.tolist(), "layer_nonzero": nonzero.null_ncuts.tolist()},
+            model=net["model"], labels=layer.partition.labels.tolist(),
+        ),
+        lesion_section(
+            "Lesions of the modules (hidden layer x cluster)", [str(c) for c in range(10)], study,
+            les["pairs"],
+        ),
+        masks_section(
+            "Masks for the digits 0-4 and 5-9", layers=list(masks["sizes"]), sizes=masks["sizes"],
+            kept=masks["kept"], iou=masks["iou"]["per_layer"], iomin=masks["iomin"]["per_layer"], pair=[a, b],
+            accuracy=accuracy,
+        ),
         table(
             "The lenses connected: where the masks fall",
             ["weights", "share joining two units of the same cluster"],

@@ -62,21 +62,22 @@ from modscope.experiments.arithmetic import (
     PAPER,
     above_chance,
     check_masks_config,
-    check_sizes,
+    check_unit,
     curves_section,
     evaluate,
     fmt,
-    masks_section,
     mean,
+    mean_masks_section,
     reference_label,
     reference_mask,
     task_data,
     train_and_mask,
 )
-from modscope.experiments.results import RunResult, table
+from modscope.experiments.checks import NUMBER, check_sizes
 from modscope.experiments.run import Run
 from modscope.masks import Mask, MaskEvalTable, MaskSet, iomin, iou, p_reuse, relative_drop
 from modscope.models import parse_spec
+from modscope.results import RunResult, table
 from modscope.versions import versions
 
 __all__ = [
@@ -86,6 +87,7 @@ __all__ = [
     "SETTINGS",
     "TITLE",
     "analyze",
+    "check_config",
     "io_from_control",
     "reproduce",
 ]
@@ -136,6 +138,22 @@ def _spec(config: Mapping[str, Any]) -> str:
             "hidden-to-hidden layers, the only ones both pairs can share"
         )
     return spec
+
+
+def check_config(config: Mapping[str, Any]) -> None:
+    """Validate ``config`` (ValueError naming the key)."""
+    check_masks_config(config)
+    _spec(config)
+
+
+_DIRECTIONS = {"2|1": NUMBER, "1|2": NUMBER}
+#: What the report reads from a unit file beyond the fields every mask experiment has.
+_UNIT = {
+    "shared_layers": list,
+    "p_reuse": {
+        "iou": NUMBER, "iomin": NUMBER, "functional": _DIRECTIONS, "functional_io_control": _DIRECTIONS,
+    },
+}  # fmt: skip
 
 
 def _make(split, pairs, frac, seed):
@@ -203,13 +221,12 @@ def _unit(run: Run, config: Mapping[str, Any], i: int) -> tuple[str, dict[str, A
         doc.update(network=i, **analyze(model, masks, evals, reference=config["reference"]))
         return finite(doc)
 
-    return key, run.unit(key, compute)
+    return key, run.unit(key, compute, check=lambda doc: check_unit(doc, _UNIT))
 
 
 def reproduce(run: Run, config: dict) -> RunResult:
     """Run (or resume) the experiment in ``run``'s folder; see the module docstring."""
-    check_masks_config(config)
-    _spec(config)
+    check_config(config)
     n = config["networks"]
     units: dict[str, dict[str, Any]] = {}
     for i in range(n):
@@ -307,7 +324,7 @@ def _result(run: Run, config: Mapping[str, Any], units: dict[str, dict]) -> RunR
     )  # fmt: skip
     title = f"FNN {shape}: masks of pair 1 and pair 2 (mean of {of})"
     sections = (
-        masks_section(title, docs, (one, two), accuracy),
+        mean_masks_section(title, docs, (one, two), accuracy),
         curves_section("Mask training: kept weights over the steps", units),
     )
     return RunResult(

@@ -22,21 +22,23 @@ from typing import Any
 
 from modscope.atomic import finite
 from modscope.cluster import spectral_partition
-from modscope.experiments.clusterability import (
+from modscope.experiments.checks import NUMBER, check_fields, check_int
+from modscope.experiments.run import Run
+from modscope.experiments.structural import (
     check_k_fits,
     check_mlp_config,
+    lesion_section,
+    load_task,
     network_seeds,
     steps_per_epoch,
-    task_data,
     train_mlp,
 )
-from modscope.experiments.results import RunResult, table
-from modscope.experiments.run import Run
 from modscope.graph import WeightGraph
-from modscope.lesion import lesion_modules, lesion_pairs
+from modscope.lesion import LesionStudy, lesion_modules, lesion_pairs
+from modscope.results import RunResult, table
 from modscope.versions import versions
 
-__all__ = ["ALPHA", "FASHION_MNIST_CLASSES", "SETTINGS", "TITLE", "reproduce"]
+__all__ = ["ALPHA", "FASHION_MNIST_CLASSES", "SETTINGS", "TITLE", "check_config", "reproduce"]
 
 TITLE = "Lesions of the modules of pruned MLPs: importance and dependencies (Filan et al. 2021)"
 PAPER = "Filan et al. 2021 (arXiv:2103.03386)"
@@ -74,28 +76,39 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-def _check(config: Mapping[str, Any]) -> str:
+def check_config(config: Mapping[str, Any]) -> str:
+    """Validate ``config`` (ValueError naming the key); returns the model spec template."""
     template = check_mlp_config(config)
-    for key, low in (("n_random", 1), ("min_units", 1), ("test_examples", 1)):
-        v = config[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise ValueError(f"{key} must be an int >= {low}, got {v!r}")
+    for key in ("n_random", "min_units", "test_examples"):
+        check_int(config, key, 1)
     return template
 
 
-def _name(module: Mapping[str, Any]) -> str:
-    return f"L{module['layer']}/c{module['cluster']}"
+#: What the tables read from a unit file (the study is read back with LesionStudy.from_dict).
+_UNIT = {
+    "accuracy": (int, float), "ncut": NUMBER, "study": {"modules": list, "combined_p": NUMBER}, "pairs": list,
+}  # fmt: skip
+
+
+def _check_unit(doc: Mapping[str, Any]) -> None:
+    check_fields(doc, _UNIT)
+    study = LesionStudy.from_dict(doc["study"])
+    for p in doc["pairs"]:
+        check_fields(p, {"a": int, "b": int, "interaction": NUMBER, "p_value": NUMBER}, "pairs[]")
+        if not (0 <= p["a"] < len(study.modules) and 0 <= p["b"] < len(study.modules)):
+            raise ValueError(f"pair {p['a']}, {p['b']} names a module the study does not have")
 
 
 def _lesion_unit(run: Run, config: Mapping[str, Any], template: str, steps: int, i: int) -> tuple[str, dict]:
-    train_seed, cluster_seed, lesion_seed, pair_seed = network_seeds(config["seed"], i)
+    seeds = network_seeds(config["seed"], i)
+    train_seed, cluster_seed, lesion_seed, pair_seed = seeds.train, seeds.cluster, seeds.lesion, seeds.pairs
     key = f"pruned-{i}"
 
     def compute() -> dict[str, Any]:
         model, results, path = train_mlp(run, key, template, config, steps, train_seed, prune=True)
         # The test split the network was evaluated on (its first ``test_examples``): each lesion is one
         # pass over it, and a study makes (1 + n_random) * (modules + 3 * pairs) of them.
-        x, y = task_data(config["dataset"], train_seed).test
+        x, y = load_task(config["dataset"], train_seed).test
         test = (x[: config["test_examples"]], y[: config["test_examples"]])
         graph = WeightGraph.from_module(model)
         run.report("clustering", 0, 1)
@@ -126,13 +139,13 @@ def _lesion_unit(run: Run, config: Mapping[str, Any], template: str, steps: int,
             }
         )
 
-    return key, run.unit(key, compute)
+    return key, run.unit(key, compute, check=_check_unit)
 
 
 def reproduce(run: Run, config: Mapping[str, Any]) -> RunResult:
     """Train, prune, cluster and lesion every network (resuming finished ones); see the module doc."""
-    template = _check(config)
-    task = task_data(config["dataset"], network_seeds(config["seed"], 0)[0])
+    template = check_config(config)
+    task = load_task(config["dataset"], network_seeds(config["seed"], 0).train)
     check_k_fits(template, task, config["k"])
     n_classes = int(task.fill["out"])
     classes = (
@@ -210,28 +223,5 @@ def _claim(units: Mapping[str, Mapping[str, Any]], config: Mapping[str, Any]) ->
 
 
 def _section(key: str, u: Mapping[str, Any], classes: list[str]) -> dict:
-    modules = u["study"]["modules"]
-    return {
-        "kind": "lesions",
-        "title": f"Lesions of {key} (test accuracy {u['accuracy']:.4f})",
-        "classes": classes,
-        "modules": [
-            {
-                "name": _name(m),
-                "label": m["label"],
-                "p_important": m["p_important"],
-                "damage": m["damage"],
-                "class_damage": m["class_damage"],
-            }
-            for m in modules
-        ],
-        "pairs": [
-            {
-                "a": _name(modules[p["a"]]),
-                "b": _name(modules[p["b"]]),
-                "interaction": p["interaction"],
-                "p": p["p_value"],
-            }
-            for p in u["pairs"]
-        ],
-    }
+    title = f"Lesions of {key} (test accuracy {u['accuracy']:.4f})"
+    return lesion_section(title, classes, u["study"], u["pairs"])

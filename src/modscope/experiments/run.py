@@ -10,7 +10,10 @@ Layout of ``out``::
 
 A unit is written only once it is complete, so Ctrl-C or a crash loses at most the unit in progress, and
 that one resumes from its last training checkpoint. Resuming a folder with a different config is refused:
-numbers made with different settings must not be mixed.
+numbers made with different settings must not be mixed. Nothing is written before the first unit starts
+(``run.json`` then claims the folder), so a run that fails its checks leaves no folder behind to refuse
+the corrected command. A unit file that does not read back as the unit it should be (edited, truncated,
+from another version) is a clear error naming the file: deleting it recomputes that unit.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class Run:
         self.progress = progress
         self._started = time.perf_counter()
         self._head = head = {"experiment": experiment, "setting": setting, "config": self.config}
+        self._claimed = False
         marker = self.out / "run.json"
         if fresh and self.out.exists():
             if not marker.is_file() and any(self.out.iterdir()):
@@ -72,8 +76,10 @@ class Run:
         if marker.is_file():
             try:
                 old = json.loads(marker.read_text())
-            except json.JSONDecodeError as exc:
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise ValueError(f"{marker} is corrupt ({exc}); use a new folder or --fresh") from None
+            if not isinstance(old, dict):
+                raise ValueError(f"{marker} is corrupt (not a JSON object); use a new folder or --fresh")
             previous = {k: old.get(k) for k in head}
             if previous != head:
                 diff = sorted(
@@ -85,11 +91,19 @@ class Run:
                     f"{self.out} holds a run of {old.get('experiment')!r} ({old.get('setting')}) whose "
                     f"{what} differ; use another --out or --fresh"
                 )
-            self._seconds_before = float(old.get("seconds", 0.0))
+            seconds = old.get("seconds", 0.0)
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+                raise ValueError(f"{marker} is corrupt (seconds {seconds!r}); use a new folder or --fresh")
+            self._seconds_before = float(seconds)
+            self._claimed = True
         else:
-            self.out.mkdir(parents=True, exist_ok=True)
             self._seconds_before = 0.0
-            write_json_atomic(marker, {**head, "seconds": 0.0})
+
+    def _claim(self) -> None:
+        """Write ``run.json`` before the first file of the run: from then on the folder is this run's."""
+        if not self._claimed:
+            write_json_atomic(self.out / "run.json", {**self._head, "seconds": self.seconds()})
+            self._claimed = True
 
     # --- paths ---------------------------------------------------------------------------------------
 
@@ -103,10 +117,12 @@ class Run:
         return self.out / "units" / f"{self._check_key(key)}.json"
 
     def model_path(self, key: str) -> Path:
+        self._claim()
         return self.out / "models" / f"{self._check_key(key)}.safetensors"
 
     def checkpoint_prefix(self, key: str) -> str:
         """A prefix for a unit's training checkpoints (``run_recipe(checkpoint=...)``)."""
+        self._claim()
         (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
         return str(self.out / "checkpoints" / self._check_key(key))
 
@@ -119,18 +135,36 @@ class Run:
     def done(self, key: str) -> bool:
         return self.unit_path(key).is_file()
 
-    def load_unit(self, key: str) -> dict[str, Any]:
+    def load_unit(self, key: str, check: Callable[[dict], None] | None = None) -> dict[str, Any]:
+        """Unit ``key`` as written; ``check(doc)`` raises (ValueError, KeyError, TypeError, IndexError) if it
+        is not what the experiment wrote. Any problem is a ValueError naming the file."""
         path = self.unit_path(key)
         try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
+            doc = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ValueError(f"{path} is corrupt ({exc}); delete it to recompute that unit") from None
+        try:
+            if not isinstance(doc, dict):
+                raise ValueError(f"it holds a JSON {type(doc).__name__}, not an object")
+            if check is not None:
+                check(doc)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+            problem = f"lacks the key {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise ValueError(
+                f"{path} is not a finished {self.experiment!r} unit ({problem}); was it edited? delete it to "
+                "recompute that unit"
+            ) from None
+        return doc
 
-    def unit(self, key: str, compute: Callable[[], Mapping[str, Any]]) -> dict[str, Any]:
-        """The result of unit ``key``: read back if a previous run finished it, else ``compute()``d and
-        written atomically (with the unit's training checkpoints removed)."""
+    def unit(
+        self, key: str, compute: Callable[[], Mapping[str, Any]], check: Callable[[dict], None] | None = None
+    ) -> dict[str, Any]:
+        """The result of unit ``key``: read back (and ``check``ed, see :meth:`load_unit`) if a previous run
+        finished it, else ``compute()``d and written atomically (with the unit's training checkpoints
+        removed)."""
         if self.done(key):
-            return self.load_unit(key)
+            return self.load_unit(key, check)
+        self._claim()
         doc = _canonical(dict(compute()))
         write_json_atomic(self.unit_path(key), doc)
         for ckpt in (self.out / "checkpoints").glob(f"{key}.*"):

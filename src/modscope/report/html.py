@@ -6,7 +6,7 @@ the file never touches the network, and only the page's own script (pinned by it
 string taken from the results is HTML-escaped.
 
 Layout: title and run line; the summary table; the papers' claims with our verdict; each section in order
-(drawn by kind, see :mod:`modscope.experiments.results`); config, versions and wall time at the bottom.
+(drawn by kind, see :mod:`modscope.results`); config, versions and wall time at the bottom.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from html import escape
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from modscope.atomic import write_text_atomic
-from modscope.experiments.results import RunResult
 from modscope.report import figures
+from modscope.results import RunResult, validate
 
 __all__ = ["format_cell", "format_seconds", "render_html", "write_report"]
 
@@ -88,27 +88,31 @@ _CSP = (
 )
 
 
-def write_report(results: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+def write_report(
+    results: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    model: str | os.PathLike | None = None,
+) -> Path:
     """Render ``results`` (a ``results.json`` written by a reproduction) to one HTML file.
 
     ``out`` defaults to ``report.html`` next to ``results``; the file is replaced atomically. Model paths
-    in the results are resolved relative to the results file. Returns the path written.
+    in the results are resolved relative to the results file and must lie inside its folder; ``model``
+    (a safetensors model) is drawn instead, wherever it lies. Returns the path written.
 
     Raises
     ------
     FileNotFoundError
         No file at ``results``.
     ValueError
-        ``results`` is not valid JSON, not a modscope results document, or a section lacks what its kind
-        needs (the message names the file, section and key).
+        ``results`` is not valid JSON, not a modscope results document, a field or section lacks what it
+        needs, or a section's model path leads out of the results' folder (the message names the file,
+        field or section, and key).
     """
     results = Path(results)
     try:
         result = RunResult.load(results)
-    except ValueError as exc:
-        raise ValueError(f"{results}: {exc}") from None
-    try:
-        page = render_html(result, results.resolve().parent)
+        page = render_html(result, results.resolve().parent, model=model)
     except ValueError as exc:
         raise ValueError(f"{results}: {exc}") from None
     path = Path(out) if out is not None else results.with_name("report.html")
@@ -116,14 +120,22 @@ def write_report(results: str | os.PathLike, out: str | os.PathLike | None = Non
     return path
 
 
-def render_html(result: RunResult, base_dir: Path) -> str:
-    """The report page of ``result`` as a string; ``base_dir`` resolves the sections' model paths.
+def render_html(result: RunResult, base_dir: Path, *, model: str | os.PathLike | None = None) -> str:
+    """The report page of ``result`` as a string.
 
-    Raises ValueError, before anything is drawn, for a section of unknown kind or one that lacks (or
-    has malformed) a key its kind needs.
+    ``base_dir`` (the run folder) resolves the sections' model paths, which must stay inside it: a
+    results.json cannot make the report read files elsewhere. ``model``, given by the caller, replaces
+    the model of every clusterability section and may lie anywhere.
+
+    Raises ValueError, before anything is drawn, for a section of unknown kind, one that lacks (or has
+    malformed) a key its kind needs (:func:`modscope.results.validate`), or a model path outside
+    ``base_dir``.
     """
-    _check(result)
+    validate(result)
     base_dir = Path(base_dir)
+    # every model path checked before anything is drawn
+    models = [_model_path(s, base_dir, model) if s["kind"] == "clusterability" else None
+              for s in result.sections]  # fmt: skip
     parts = [
         f"<h1>{escape(result.title)}</h1>",
         '<p class="run">experiment <code>'
@@ -137,10 +149,29 @@ def render_html(result: RunResult, base_dir: Path) -> str:
     ]
     if result.claims:
         parts += ['<h2 id="claims">Claims of the papers</h2>', _claims(result.claims)]
-    for i, section in enumerate(result.sections, start=1):
-        parts.append(f'<section id="s{i}">{_section(section, base_dir)}</section>')
+    for i, (section, path) in enumerate(zip(result.sections, models), start=1):
+        parts.append(f'<section id="s{i}">{_section(section, path)}</section>')
     parts.append(_footer(result))
     return _page(result.title, "\n".join(parts))
+
+
+def _model_path(
+    section: Mapping[str, Any], base_dir: Path, model: str | os.PathLike | None
+) -> tuple[Path, bool] | None:
+    """Where the clustered graph of ``section`` is read from, and whether the caller gave it: the caller's
+    ``model``, else the section's model inside ``base_dir`` (``None`` when none is recorded)."""
+    if model is not None:
+        return Path(model), True
+    if section.get("model") is None:
+        return None
+    path = (base_dir / section["model"]).resolve()
+    if not path.is_relative_to(base_dir.resolve()):
+        raise ValueError(
+            f"'clusterability' section {section.get('title')!r}: model {section['model']!r} lies outside "
+            f"the run folder {base_dir}; not reading it. Pass the model explicitly (modscope report --model "
+            "PATH) to draw it from there"
+        )
+    return path, False
 
 
 def _page(title: str, body: str) -> str:
@@ -240,98 +271,12 @@ def _html_table(columns: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
 # -------------------------------------------------------------------------------------------- sections
 
 
-def _fail(section: Mapping[str, Any], problem: str) -> NoReturn:
-    raise ValueError(f"{section.get('kind')!r} section {section.get('title')!r}: {problem}")
-
-
-def _need(section: Mapping[str, Any], *keys: str) -> None:
-    for key in keys:
-        if key not in section:
-            _fail(section, f"lacks the key {key!r}")
-
-
-def _check_table(section: Mapping[str, Any]) -> None:
-    _need(section, "title", "columns", "rows")
-    width = len(section["columns"])
-    for r in section["rows"]:
-        if not isinstance(r, (list, tuple)) or len(r) != width:
-            _fail(section, f"row {r!r} does not have one cell per column ({width})")
-
-
-def _check_clusterability(section: Mapping[str, Any]) -> None:
-    _need(section, "title", "network", "k", "ncut", "nulls")
-    k = section["k"]
-    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
-        _fail(section, f"'k' must be an int >= 2, got {k!r}")
-    if not isinstance(section["nulls"], Mapping):
-        _fail(section, "'nulls' must map each shuffle to its list of n-cuts")
-
-
-def _check_masks(section: Mapping[str, Any]) -> None:
-    _need(section, "title", "layers", "sizes", "kept", "iou", "iomin", "pair", "accuracy")
-    for key in ("sizes", "kept", "iou", "iomin"):
-        if not isinstance(section[key], Mapping):
-            _fail(section, f"{key!r} must be an object keyed by layer (by task for 'kept')")
-    if len(section["pair"]) != 2:
-        _fail(section, f"'pair' must name two tasks, got {section['pair']!r}")
-    if not all(isinstance(v, Mapping) for v in section["kept"].values()):
-        _fail(section, "'kept' must map each task to {layer: kept count}")
-    accuracy = section["accuracy"]
-    if not isinstance(accuracy, Mapping) or accuracy.get("kind") != "table":
-        _fail(section, "'accuracy' must be a 'table' object")
-    _check_table(accuracy)
-
-
-def _check_lines(section: Mapping[str, Any]) -> None:
-    _need(section, "title", "xlabel", "ylabel", "series")
-    if not isinstance(section["series"], Mapping):
-        _fail(section, "'series' must map each name to its [[x, y], ...] points")
-    for name, points in section["series"].items():
-        if not isinstance(points, (list, tuple)) or not all(
-            isinstance(p, (list, tuple)) and len(p) == 2 and all(_is_number(v) for v in p) for p in points
-        ):
-            _fail(section, f"series {name!r} must be a list of [x, y] number pairs")
-    if section.get("xscale", "linear") not in ("linear", "log"):
-        _fail(section, f"'xscale' must be 'linear' or 'log', got {section.get('xscale')!r}")
-
-
-def _check_lesions(section: Mapping[str, Any]) -> None:
-    _need(section, "title", "classes", "modules")
-    n_classes = len(section["classes"])
-    for m in section["modules"]:
-        if not isinstance(m, Mapping):
-            _fail(section, f"each module must be an object, got {m!r}")
-        missing = [key for key in ("name", "label", "class_damage") if key not in m]
-        if missing:
-            _fail(section, f"module {m!r} lacks the key {missing[0]!r}")
-        if len(m["class_damage"]) != n_classes:
-            _fail(
-                section,
-                f"module {m['name']!r} has {len(m['class_damage'])} class damages for {n_classes} classes",
-            )
-
-
-def _check(result: RunResult) -> None:
-    """Every problem of the document, raised before any figure is drawn."""
-    _check_table(result.summary)
-    for c in result.claims:
-        agrees = c.get("agrees")
-        if agrees is not None and not isinstance(agrees, bool):
-            raise ValueError(
-                f"claim {c.get('claim')!r}: 'agrees' must be true, false or null, got {agrees!r}"
-            )
-    for section in result.sections:
-        kind = section.get("kind")
-        if kind not in _RENDERERS:
-            raise ValueError(
-                f"section {section.get('title')!r} has unknown kind {kind!r}; known: {sorted(_RENDERERS)}"
-            )
-        _RENDERERS[kind][0](section)
-
-
-def _section(section: Mapping[str, Any], base_dir: Path) -> str:
-    render = _RENDERERS[section["kind"]][1]
-    return f"<h2>{escape(str(section['title']))}</h2>\n" + render(section, base_dir)
+def _section(section: Mapping[str, Any], model: tuple[Path, bool] | None) -> str:
+    if section["kind"] == "clusterability":
+        body = _clusterability(section, model)
+    else:
+        body = _RENDERERS[section["kind"]](section)
+    return f"<h2>{escape(str(section['title']))}</h2>\n" + body
 
 
 def _table(section: Mapping[str, Any], caption: bool = True) -> str:
@@ -344,7 +289,7 @@ def _table(section: Mapping[str, Any], caption: bool = True) -> str:
     return out
 
 
-def _table_section(section: Mapping[str, Any], base_dir: Path) -> str:
+def _table_section(section: Mapping[str, Any]) -> str:
     return _table(section, caption=False)
 
 
@@ -358,7 +303,7 @@ def _notice(text: str) -> str:
     return f'<p class="notice">{escape(text)}</p>'
 
 
-def _clusterability(section: Mapping[str, Any], base_dir: Path) -> str:
+def _clusterability(section: Mapping[str, Any], model: tuple[Path, bool] | None) -> str:
     """Null histograms, the n-cut test per null (Filan et al. arXiv:2103.03386), and the clustering."""
     import numpy as np
 
@@ -388,19 +333,19 @@ def _clusterability(section: Mapping[str, Any], base_dir: Path) -> str:
     )
     out += _html_table(["null", "shuffles", "mean", "sd", "z", "p", "below all"], rows)
     out += f'<div class="figures">{"".join(figs)}</div>'
-    return out + _drawing(section, base_dir, k)
+    return out + _drawing(section, model, k)
 
 
-def _drawing(section: Mapping[str, Any], base_dir: Path, k: int) -> str:
-    """The clustered weight graph, or a notice saying why it cannot be drawn."""
-    if section.get("model") is None or section.get("labels") is None:
+def _drawing(section: Mapping[str, Any], model: tuple[Path, bool] | None, k: int) -> str:
+    """The clustered weight graph of ``model`` (its path, and whether the caller gave it), or a notice
+    saying why it cannot be drawn."""
+    if model is None or section.get("labels") is None:
         return _notice("No model or cluster labels were recorded: the clustered graph cannot be drawn.")
-    path = base_dir / str(section["model"])
+    path, given = model
+    name = str(path) if given else str(section["model"])
     if not path.is_file():
-        return _notice(
-            f"Model file {section['model']} not found beside the results file: the clustered graph cannot "
-            "be drawn."
-        )
+        where = "" if given else " beside the results file"
+        return _notice(f"Model file {name} not found{where}: the clustered graph cannot be drawn.")
     from modscope.graph import WeightGraph
     from modscope.models import load_model, spec_input_shape
 
@@ -410,7 +355,7 @@ def _drawing(section: Mapping[str, Any], base_dir: Path, k: int) -> str:
         ncut = float("nan") if section["ncut"] is None else float(section["ncut"])
         fig = figures.partition_figure(graph, section["labels"], k, ncut)
     except (OSError, ValueError) as exc:
-        return _notice(f"The clustered graph of {section['model']} cannot be drawn: {exc}")
+        return _notice(f"The clustered graph of {name} cannot be drawn: {exc}")
     return _figure(
         fig,
         alt=f"clustered weight graph of {section['network']}",
@@ -419,7 +364,7 @@ def _drawing(section: Mapping[str, Any], base_dir: Path, k: int) -> str:
     )
 
 
-def _masks(section: Mapping[str, Any], base_dir: Path) -> str:
+def _masks(section: Mapping[str, Any]) -> str:
     """Per-layer kept weights and overlaps of task masks (Csordás et al. arXiv:2010.02066)."""
     layers, sizes, kept = [str(x) for x in section["layers"]], section["sizes"], section["kept"]
     iou, iomin, pair = section["iou"], section["iomin"], section["pair"]
@@ -447,7 +392,7 @@ def _masks(section: Mapping[str, Any], base_dir: Path) -> str:
     return out + _table(section["accuracy"])
 
 
-def _lines(section: Mapping[str, Any], base_dir: Path) -> str:
+def _lines(section: Mapping[str, Any]) -> str:
     """Line plots: mask training curves, sharing against network size."""
     series = {str(k): v for k, v in section["series"].items() if v}
     if not series:
@@ -460,7 +405,7 @@ def _lines(section: Mapping[str, Any], base_dir: Path) -> str:
     return out
 
 
-def _lesions(section: Mapping[str, Any], base_dir: Path) -> str:
+def _lesions(section: Mapping[str, Any]) -> str:
     """Module importance and per-class damage of lesions (Filan et al. arXiv:2103.03386)."""
     classes, modules = section["classes"], section["modules"]
     out = ""
@@ -483,15 +428,12 @@ def _lesions(section: Mapping[str, Any], base_dir: Path) -> str:
     return out
 
 
-# kind -> (check, render) of a section.
-_RENDERERS: dict[
-    str, tuple[Callable[[Mapping[str, Any]], None], Callable[[Mapping[str, Any], Path], str]]
-] = {
-    "table": (_check_table, _table_section),
-    "clusterability": (_check_clusterability, _clusterability),
-    "masks": (_check_masks, _masks),
-    "lines": (_check_lines, _lines),
-    "lesions": (_check_lesions, _lesions),
+# kind -> render of a section (clusterability sections also take their model's path).
+_RENDERERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
+    "table": _table_section,
+    "masks": _masks,
+    "lines": _lines,
+    "lesions": _lesions,
 }
 
 

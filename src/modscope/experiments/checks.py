@@ -1,0 +1,89 @@
+"""Checks every experiment shares: config values (before anything is written) and unit files read back.
+
+Each raises ValueError naming the key and the value at fault.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = [
+    "NUMBER", "check_choice", "check_fields", "check_fraction", "check_int", "check_n_jobs", "check_number",
+    "check_sizes",
+]  # fmt: skip
+
+#: A number in a unit file: JSON has no NaN, so an undefined value is stored as null.
+NUMBER = (int, float, type(None))
+
+
+def check_int(config: Mapping[str, Any], key: str, low: int) -> int:
+    """``config[key]`` as an int >= ``low``."""
+    v = config[key]
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        raise ValueError(f"{key} must be an int >= {low}, got {v!r}")
+    return v
+
+
+def check_number(config: Mapping[str, Any], key: str, *, positive: bool) -> float:
+    """``config[key]`` as a finite float, > 0 (``positive``) or >= 0."""
+    v = config[key]
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if not ok or v < 0 or (positive and v == 0):
+        raise ValueError(f"{key} must be a finite number {'> 0' if positive else '>= 0'}, got {v!r}")
+    return float(v)
+
+
+def check_fraction(config: Mapping[str, Any], key: str, *, high_open: bool = True) -> float:
+    """``config[key]`` as a number in (0, 1), or any positive number with ``high_open=False``."""
+    v = config[key]
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+    if not ok or (high_open and v >= 1):
+        want = "in (0, 1)" if high_open else "positive"
+        raise ValueError(f"{key} must be a number {want}, got {v!r}")
+    return float(v)
+
+
+def check_choice(config: Mapping[str, Any], key: str, choices: Sequence[str]) -> str:
+    if config[key] not in choices:
+        raise ValueError(f"{key} must be one of {list(choices)}, got {config[key]!r}")
+    return config[key]
+
+
+def check_n_jobs(config: Mapping[str, Any], key: str = "n_jobs") -> int:
+    """A worker count: a positive int, or -1 for one worker per CPU."""
+    v = config[key]
+    if isinstance(v, bool) or not isinstance(v, int) or not (v >= 1 or v == -1):
+        raise ValueError(f"{key} must be a positive int or -1 (one worker per CPU), got {v!r}")
+    return v
+
+
+def check_sizes(config: Mapping[str, Any], key: str, template: str, pattern: str, example: str) -> str:
+    """The model spec ``template`` filled with ``config[key]`` (layer sizes like ``example``), validated."""
+    from modscope.models import parse_spec
+
+    v = config[key]
+    if not isinstance(v, str) or not re.fullmatch(pattern, v):
+        raise ValueError(f"{key} must be layer sizes like {example!r}, got {v!r}")
+    spec = template.format(v)
+    parse_spec(spec)  # zero sizes etc.: a SpecError (a ValueError) naming the spec
+    return spec
+
+
+def check_fields(doc: Any, schema: Mapping[str, Any], where: str = "") -> None:
+    """``doc`` is a JSON object with every key of ``schema``; each value an instance of the schema's type
+    (or tuple of types), or itself such an object when the schema gives a nested mapping."""
+    if not isinstance(doc, Mapping):
+        raise ValueError(f"{repr(where) if where else 'the document'} must be a JSON object, got {doc!r:.60}")
+    for key, want in schema.items():
+        name = f"{where}.{key}" if where else key
+        if key not in doc:
+            raise ValueError(f"lacks the key {name!r}")
+        if isinstance(want, Mapping):
+            check_fields(doc[key], want, name)
+        elif not isinstance(doc[key], want) or (isinstance(doc[key], bool) and want in (int, NUMBER)):
+            kinds = want if isinstance(want, tuple) else (want,)
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in kinds)
+            raise ValueError(f"{name!r} must be {names}, got {doc[key]!r:.60}")
