@@ -9,6 +9,10 @@ and pruned to 90% sparsity (Filan et al. arXiv:2103.03386's protocol, scaled dow
   with P_specialize both ways and per-layer IoU;
 * the lenses connected (SPEC §3): the share of each mask's kept weights that joins two units of the same
   cluster, next to the same share among all weights the pruned network kept.
+
+The network is network 0 of the config's ``seed``: its training, clustering, lesion, pair and mask seeds
+are :func:`modscope.experiments.structural.network_seeds`, and both shuffle tests share the clustering
+seed, so they test the same partition.
 """
 
 from __future__ import annotations

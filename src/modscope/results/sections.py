@@ -1,49 +1,16 @@
-"""What a reproduction writes and a report reads: one ``results.json``, a :class:`RunResult`.
-
-Experiments build every section with the constructors here, which check what they build; the report
-checks a document it reads with the same validators (:func:`validate`), so a section is well formed the
-same way on both sides. Each section is a plain JSON object whose ``kind`` says how the report draws it:
-
-``"table"`` (:func:`table`)
-    ``{"kind", "title", "columns": [str], "rows": [[cell]], "note"?}``.
-``"clusterability"`` (:func:`clusterability_section`)
-    ``{"kind", "title", "network": str, "k": int, "ncut": float, "nulls": {shuffle: [float]},
-    "model": path relative to results.json (a safetensors model), "labels": [int] per graph node}``:
-    a histogram of each null with the network's n-cut marked, and the clustered graph drawn from the model
-    and the labels (one per node of ``WeightGraph.from_module(model)``, inputs and outputs included).
-``"masks"`` (:func:`masks_section`)
-    ``{"kind", "title", "layers": [param name], "sizes": {layer: int}, "kept": {task: {layer: int}},
-    "iou": {layer: float}, "iomin": {layer: float}, "pair": [task, task], "accuracy": table}``: per-layer
-    kept-weight bars per task, IoU/IoMin bars for ``pair``, and the accuracy table (a ``"table"`` object).
-``"lines"`` (:func:`lines_section`)
-    ``{"kind", "title", "xlabel": str, "ylabel": str, "series": {name: [[x, y], ...]}, "xscale"?: "linear" |
-    "log", "note"?}``: one line per series (mask kept-weight curves, sharing against network size).
-``"lesions"`` (:func:`lesions_section`)
-    ``{"kind", "title", "classes": [str], "modules": [{"name", "label", "p_important", "damage",
-    "class_damage": [float]}], "pairs"?: [{"a", "b", "interaction", "p"}]}``: a heat map of per-class
-    accuracy drop per module, labelled by importance. Modules are named by :func:`module_name`.
-
-Numbers may be ``null`` where a value is undefined (JSON has no NaN). This module imports no torch.
-"""
+"""The sections of a results document: one constructor per kind, each checking what it builds, and the
+validators the report applies to a document it reads (formats in :mod:`modscope.results`)."""
 
 from __future__ import annotations
 
-import json
-import math
-import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any, NoReturn
 
-from modscope.atomic import write_json_atomic
-
 __all__ = [
-    "FORMAT", "SECTION_KINDS", "RunResult", "clusterability_section", "lesions_section", "lines_section",
-    "masks_section", "module_name", "table", "validate", "validate_section",
+    "SECTION_KINDS", "clusterability_section", "lesions_section", "lines_section", "masks_section",
+    "module_name", "table", "validate_section",
 ]  # fmt: skip
 
-FORMAT = "modscope-results/1"
 SECTION_KINDS = ("table", "clusterability", "masks", "lines", "lesions")
 
 
@@ -140,21 +107,21 @@ def _need(section: Mapping[str, Any], *keys: str) -> None:
             _fail(section, f"lacks the key {key!r}")
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _is_list(value: Any) -> bool:
+def is_list(value: Any) -> bool:
     return isinstance(value, (list, tuple))
 
 
 def _check_table(section: Mapping[str, Any]) -> None:
     _need(section, "title", "columns", "rows")
-    if not _is_list(section["columns"]) or not _is_list(section["rows"]):
+    if not is_list(section["columns"]) or not is_list(section["rows"]):
         _fail(section, "'columns' and 'rows' must be lists")
     width = len(section["columns"])
     for r in section["rows"]:
-        if not _is_list(r) or len(r) != width:
+        if not is_list(r) or len(r) != width:
             _fail(section, f"row {r!r} does not have one cell per column ({width})")
 
 
@@ -163,28 +130,28 @@ def _check_clusterability(section: Mapping[str, Any]) -> None:
     k = section["k"]
     if isinstance(k, bool) or not isinstance(k, int) or k < 2:
         _fail(section, f"'k' must be an int >= 2, got {k!r}")
-    if section["ncut"] is not None and not _is_number(section["ncut"]):
+    if section["ncut"] is not None and not is_number(section["ncut"]):
         _fail(section, f"'ncut' must be a number or null, got {section['ncut']!r}")
     nulls = section["nulls"]
     if not isinstance(nulls, Mapping) or not all(
-        _is_list(v) and all(x is None or _is_number(x) for x in v) for v in nulls.values()
+        is_list(v) and all(x is None or is_number(x) for x in v) for v in nulls.values()
     ):
         _fail(section, "'nulls' must map each shuffle to its list of n-cuts")
     if section.get("model") is not None and not isinstance(section["model"], str):
         _fail(section, f"'model' must be a path or null, got {section['model']!r}")
     labels = section.get("labels")
-    if labels is not None and not (_is_list(labels) and all(isinstance(v, int) for v in labels)):
+    if labels is not None and not (is_list(labels) and all(isinstance(v, int) for v in labels)):
         _fail(section, "'labels' must be a list of cluster numbers, one per graph node, or null")
 
 
 def _check_masks(section: Mapping[str, Any]) -> None:
     _need(section, "title", "layers", "sizes", "kept", "iou", "iomin", "pair", "accuracy")
-    if not _is_list(section["layers"]):
+    if not is_list(section["layers"]):
         _fail(section, "'layers' must be a list of parameter names")
     for key in ("sizes", "kept", "iou", "iomin"):
         if not isinstance(section[key], Mapping):
             _fail(section, f"{key!r} must be an object keyed by layer (by task for 'kept')")
-    if not _is_list(section["pair"]) or len(section["pair"]) != 2:
+    if not is_list(section["pair"]) or len(section["pair"]) != 2:
         _fail(section, f"'pair' must name two tasks, got {section['pair']!r}")
     if not all(isinstance(v, Mapping) for v in section["kept"].values()):
         _fail(section, "'kept' must map each task to {layer: kept count}")
@@ -199,8 +166,8 @@ def _check_lines(section: Mapping[str, Any]) -> None:
     if not isinstance(section["series"], Mapping):
         _fail(section, "'series' must map each name to its [[x, y], ...] points")
     for name, points in section["series"].items():
-        if not _is_list(points) or not all(
-            _is_list(p) and len(p) == 2 and all(_is_number(v) for v in p) for p in points
+        if not is_list(points) or not all(
+            is_list(p) and len(p) == 2 and all(is_number(v) for v in p) for p in points
         ):
             _fail(section, f"series {name!r} must be a list of [x, y] number pairs")
     if section.get("xscale", "linear") not in ("linear", "log"):
@@ -209,7 +176,7 @@ def _check_lines(section: Mapping[str, Any]) -> None:
 
 def _check_lesions(section: Mapping[str, Any]) -> None:
     _need(section, "title", "classes", "modules")
-    if not _is_list(section["classes"]) or not _is_list(section["modules"]):
+    if not is_list(section["classes"]) or not is_list(section["modules"]):
         _fail(section, "'classes' and 'modules' must be lists")
     n_classes = len(section["classes"])
     for m in section["modules"]:
@@ -218,11 +185,11 @@ def _check_lesions(section: Mapping[str, Any]) -> None:
         missing = [key for key in ("name", "label", "class_damage") if key not in m]
         if missing:
             _fail(section, f"module {m!r} lacks the key {missing[0]!r}")
-        if not _is_list(m["class_damage"]) or len(m["class_damage"]) != n_classes:
+        if not is_list(m["class_damage"]) or len(m["class_damage"]) != n_classes:
             _fail(section, f"module {m['name']!r} has {len(m['class_damage'])} class damages for {n_classes} "
                   "classes")  # fmt: skip
     pairs = section.get("pairs") or []
-    if not _is_list(pairs) or not all(isinstance(p, Mapping) for p in pairs):
+    if not is_list(pairs) or not all(isinstance(p, Mapping) for p in pairs):
         _fail(section, "'pairs' must be a list of {a, b, interaction, p} objects")
 
 
@@ -244,103 +211,3 @@ def validate_section(section: Any) -> None:
         title = section.get("title")
         raise ValueError(f"section {title!r} has unknown kind {kind!r}; known: {list(SECTION_KINDS)}")
     _VALIDATORS[kind](section)
-
-
-def validate(result: RunResult) -> None:
-    """Every problem of a document, raised (ValueError naming the field) before anything is drawn."""
-    for name in ("experiment", "title", "setting", "format"):
-        if not isinstance(getattr(result, name), str):
-            raise ValueError(f"field {name!r} must be a string, got {getattr(result, name)!r}")
-    for name in ("config", "versions", "units"):
-        if not isinstance(getattr(result, name), Mapping):
-            raise ValueError(f"field {name!r} must be a JSON object, got {getattr(result, name)!r}")
-    s = result.seconds
-    if not _is_number(s) or not math.isfinite(s) or s < 0:
-        raise ValueError(f"field 'seconds' must be a wall time in seconds (a number >= 0), got {s!r}")
-    for name in ("claims", "sections"):
-        if not _is_list(getattr(result, name)):
-            raise ValueError(f"field {name!r} must be a list, got {getattr(result, name)!r}")
-    if not isinstance(result.summary, Mapping) or result.summary.get("kind") != "table":
-        raise ValueError(f"field 'summary' must be a 'table' section, got {result.summary!r:.80}")
-    validate_section(result.summary)
-    for c in result.claims:
-        if not isinstance(c, Mapping) or not {"paper", "claim", "ours", "agrees"} <= set(c):
-            raise ValueError(f"a claim must be an object with paper, claim, ours and agrees, got {c!r}")
-        if c["agrees"] is not None and not isinstance(c["agrees"], bool):
-            raise ValueError(
-                f"claim {c['claim']!r}: 'agrees' must be true, false or null, got {c['agrees']!r}"
-            )
-    for section in result.sections:
-        validate_section(section)
-
-
-# ------------------------------------------------------------------------------------ the document
-@dataclass(frozen=True)
-class RunResult:
-    """Everything one reproduction produced; validated on construction (:func:`validate`).
-
-    Attributes:
-        experiment: registry name (``"clusterability"``, ``"addmul"``, ...).
-        title: one line for the report's heading.
-        setting: ``"quick"``, ``"paper"`` or ``"custom"``.
-        summary: the headline ``"table"`` section, shown first.
-        claims: ``{"paper", "claim", "ours", "agrees"}`` per claim of the papers checked by this run
-            (``agrees`` is ``True``, ``False`` or ``None`` when the run cannot tell).
-        sections: the other sections, in report order (kinds in :data:`SECTION_KINDS`).
-        config: the exact settings, seeds included.
-        versions: library versions (:func:`modscope.versions.versions`).
-        seconds: wall time of the whole run, summed over resumed segments.
-        units: the raw per-unit results (one per network), keyed as in the run folder.
-    """
-
-    experiment: str
-    title: str
-    setting: str
-    summary: Mapping[str, Any]
-    claims: tuple[Mapping[str, Any], ...]
-    sections: tuple[Mapping[str, Any], ...]
-    config: Mapping[str, Any]
-    versions: Mapping[str, str]
-    seconds: float
-    units: Mapping[str, Any] = field(default_factory=dict)
-    format: str = FORMAT
-
-    def __post_init__(self) -> None:
-        validate(self)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def save(self, path: str | os.PathLike) -> None:
-        write_json_atomic(path, self.to_dict())
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> RunResult:
-        """The document ``d`` (as read from JSON), validated: a ValueError names the field at fault."""
-        if not isinstance(d, Mapping) or d.get("format") != FORMAT:
-            got = d.get("format") if isinstance(d, Mapping) else type(d).__name__
-            raise ValueError(f"not a modscope results document (format {got!r}, want {FORMAT!r})")
-        known = [f.name for f in fields(cls)]
-        if missing := [k for k in known if k not in d and k not in ("units", "format")]:
-            raise ValueError(f"results document lacks {missing}")
-        if extra := sorted(set(d) - set(known)):
-            raise ValueError(f"results document has unknown keys {extra}")
-        d = dict(d)
-        for name in ("claims", "sections"):
-            if not _is_list(d[name]):
-                raise ValueError(f"field {name!r} must be a list, got {d[name]!r}")
-            d[name] = tuple(d[name])
-        return cls(**d)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> RunResult:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no results file at {path}")
-        try:
-            doc = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{path} is not valid JSON: {exc}") from None
-        if not isinstance(doc, dict):
-            raise ValueError(f"{path} is not a modscope results document")
-        return cls.from_dict(doc)
