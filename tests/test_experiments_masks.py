@@ -3,6 +3,7 @@ one network checked on planted networks whose answers are known by construction.
 
 import json
 import math
+import shutil
 import time
 
 import pytest
@@ -30,6 +31,7 @@ ADDMUL_CI = {
 DA_CI = {"hidden": "16x2", "train_steps": 40, "mask_steps": 8, "mask_batch": 32}
 MASK_KEYS = {"kind", "title", "layers", "sizes", "kept", "iou", "iomin", "pair", "accuracy"}
 UNITS = ("fnn-16x2-0", "fnn-24x2-0", "lstm-8x1-0")
+UNIT_LAYER = "fc2.weight"  # the second masked layer of a 42-24x2-20 FNN
 
 
 class Recorder:
@@ -368,6 +370,30 @@ def test_addmul_resume_recomputes_nothing(addmul_run, monkeypatch):
     assert a == b
 
 
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        (lambda u: u.pop("p_specialize"), "lacks the key 'p_specialize'"),
+        (lambda u: u["kept"]["+"].pop(u["layers"][1]), f"lacks the key 'kept.+.{UNIT_LAYER}'"),
+        (lambda u: u["iou"].update(total="high"), "'iou.total' must be int or float or null, got 'high'"),
+        (lambda u: u["derived_kept"]["core"].clear(), "lacks the key 'derived_kept.core."),
+        (lambda u: u["table"].pop("rows", None) or u.update(table=[]), "'table' must be dict"),
+    ],
+)
+def test_addmul_edited_unit_is_named(addmul_run, tmp_path, edit, problem):
+    out = addmul_run[0]
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    unit = copy / "units" / f"{UNITS[1]}.json"
+    doc = json.loads(unit.read_text())
+    edit(doc)
+    unit.write_text(json.dumps(doc))
+    with pytest.raises(ValueError) as info:
+        reproduce("addmul", copy, overrides=ADDMUL_CI)
+    message = str(info.value)
+    assert str(unit) in message and problem in message and "delete it to recompute that unit" in message
+
+
 def test_addmul_refuses_another_config_in_the_same_folder(addmul_run):
     out = addmul_run[0]
     with pytest.raises(ValueError, match="mask_steps"):
@@ -396,7 +422,8 @@ def test_addmul_refuses_another_config_in_the_same_folder(addmul_run):
 )
 def test_addmul_rejects_bad_config(tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
-        reproduce("addmul", tmp_path, overrides={**ADDMUL_CI, **override})
+        reproduce("addmul", tmp_path / "run", overrides={**ADDMUL_CI, **override})
+    assert not (tmp_path / "run").exists()
 
 
 # ------------------------------------------------------------------------------------ double addition

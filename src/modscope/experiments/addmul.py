@@ -69,7 +69,7 @@ from modscope.experiments.arithmetic import (
     task_data,
     train_and_mask,
 )
-from modscope.experiments.checks import NUMBER, check_sizes
+from modscope.experiments.checks import NUMBER, check_fields, check_sizes
 from modscope.experiments.run import Run
 from modscope.masks import MaskEvalTable, MaskSet, iomin, iou, p_specialize, sharing
 from modscope.models import parse_spec
@@ -208,7 +208,13 @@ def _unit(run: Run, config: Mapping[str, Any], kind: str, sizes: str, i: int) ->
         doc.update(kind=kind, width=sizes, network=i, **found)
         return finite(doc)
 
-    return key, run.unit(key, compute, check=lambda doc: check_unit(doc, _UNIT))
+    return key, run.unit(key, compute, check=_check_unit)
+
+
+def _check_unit(doc: Mapping[str, Any]) -> None:
+    check_unit(doc, _UNIT)
+    check_fields(doc["derived_kept"]["core"], dict.fromkeys(doc["layers"], int), "derived_kept.core")
+    check_fields(doc["shared"]["+"]["per_layer"], dict.fromkeys(doc["layers"], NUMBER), "shared.+.per_layer")
 
 
 def reproduce(run: Run, config: dict) -> RunResult:

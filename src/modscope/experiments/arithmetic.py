@@ -130,9 +130,13 @@ def check_unit(doc: Mapping[str, Any], fields: Mapping[str, Any]) -> None:
     (:func:`modscope.experiments.checks.check_fields`) and its evaluation table."""
     check_fields(doc, {**_UNIT, **fields})
     MaskEvalTable.from_dict(doc["table"])
+    layers = {n: int for n in doc["layers"]}
+    check_fields(doc["sizes"], layers, "sizes")
     for task in doc["tasks"]:
-        check_fields(doc["kept"], {task: dict}, "kept")
+        check_fields(doc["kept"], {task: layers}, "kept")
         check_fields(doc["curves"], {task: list}, "curves")
+    for name in ("iou", "iomin"):
+        check_fields(doc[name]["per_layer"], dict.fromkeys(doc["layers"], NUMBER), f"{name}.per_layer")
 
 
 def split_of(config: Mapping[str, Any]) -> tuple[str, str]:
