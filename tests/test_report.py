@@ -407,8 +407,11 @@ def test_every_image_renders_in_a_headless_browser(headless, run_dir, tmp_path):
         shutil.copy(shot, Path(os.environ["MODSCOPE_ARTIFACTS"]) / "report.png")
 
 
-def test_seed_columns_are_identifiers_not_quantities():
-    from modscope.report.html import _html_table
-
-    page = _html_table(["unit", "seed", "weights"], [["a", 2968811710, 65536], ["b", None, 3]])
+def test_seed_columns_are_identifiers_not_quantities(tmp_path):
+    summary = table("S", ["unit", "seed", "weights"], [["a", 2968811710, 65536], ["b", None, 3]])
+    result = RunResult(
+        experiment="x", title="t", setting="quick", summary=summary, claims=(), sections=(), config={},
+        versions={}, seconds=1.0,
+    )  # fmt: skip
+    page = render_html(result, tmp_path)
     assert ">2968811710<" in page and ">65,536<" in page and ">–<" in page
