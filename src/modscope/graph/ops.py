@@ -1,0 +1,103 @@
+"""Which modules and operations a feed-forward chain may contain, and what each does to the units.
+
+Read by :mod:`modscope.graph.trace`: a *pass* operation keeps the units (an activation, a pooling) but ends a
+run of identities, so a BatchNorm after it scales the next layer's inputs; an *identity* leaves values
+untouched in eval mode, so a BatchNorm after it still folds into the previous layer's rows; a *flatten* turns
+channels into one feature vector; a *meta* method returns no activation.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Modules with no edge weights between units that keep the unit identity: passed through.
+PASS_MODULES = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Hardtanh,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Softplus,
+    nn.Softsign,
+    nn.LogSigmoid,
+    nn.Tanhshrink,
+    nn.Softmax,
+    nn.LogSoftmax,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+    nn.LPPool1d,
+    nn.LPPool2d,
+)
+# Modules that leave values untouched in eval mode: a BatchNorm right after them still folds into rows.
+IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+PASS_FUNCTIONS = {
+    torch.relu,
+    F.relu,
+    F.relu6,
+    F.leaky_relu,
+    F.elu,
+    F.selu,
+    F.celu,
+    F.gelu,
+    F.silu,
+    F.mish,
+    torch.tanh,
+    F.tanh,
+    torch.sigmoid,
+    F.sigmoid,
+    F.hardtanh,
+    F.hardswish,
+    F.softplus,
+    F.softsign,
+    F.logsigmoid,
+    torch.softmax,
+    F.softmax,
+    torch.log_softmax,
+    F.log_softmax,
+    F.max_pool1d,
+    F.max_pool2d,
+    F.max_pool3d,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.avg_pool3d,
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d,
+    F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d,
+    F.adaptive_max_pool3d,
+}
+IDENTITY_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout}
+FLATTEN_FUNCTIONS = {torch.flatten}
+PASS_METHODS = {"relu", "sigmoid", "tanh", "softmax", "log_softmax", "gelu"}
+IDENTITY_METHODS = {"contiguous", "float", "double", "to", "type_as", "detach"}
+FLATTEN_METHODS = {"flatten", "view", "reshape"}
+# Methods whose result is not a unit activation (e.g. ``x.size(0)`` feeding a ``view``).
+META_METHODS = {"size", "dim"}
+
+SUPPORTED = (
+    "Linear, Conv1d/2d/3d, BatchNorm1d/2d/3d, activations (ReLU, GELU, Tanh, Sigmoid, ...), Dropout, "
+    "Identity, max/avg/adaptive pooling, Flatten / torch.flatten / view / reshape, in one feed-forward chain"
+)
