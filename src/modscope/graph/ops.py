@@ -3,14 +3,19 @@
 Read by :mod:`modscope.graph.trace`: a *pass* operation keeps the units (an activation, a pooling) but ends a
 run of identities, so a BatchNorm after it scales the next layer's inputs; an *identity* leaves values
 untouched in eval mode, so a BatchNorm after it still folds into the previous layer's rows; a *flatten* turns
-channels into one feature vector; a *meta* method returns no activation.
+channels into one feature vector (:func:`check_flattens` checks that it does); a *meta* method returns no
+activation.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
+
+from modscope.graph.layer import GraphError
 
 # Modules with no edge weights between units that keep the unit identity: passed through.
 PASS_MODULES = (
@@ -101,3 +106,44 @@ SUPPORTED = (
     "Linear, Conv1d/2d/3d, BatchNorm1d/2d/3d, activations (ReLU, GELU, Tanh, Sigmoid, ...), Dropout, "
     "Identity, max/avg/adaptive pooling, Flatten / torch.flatten / view / reshape, in one feed-forward chain"
 )
+
+
+def where(node: fx.Node, gm: fx.GraphModule) -> str:
+    """Where ``node`` is, for error messages: the module path and type, or the operation and its module."""
+    if node.op == "call_module":
+        mod = gm.get_submodule(node.target)
+        return f"module '{node.target}' ({type(mod).__name__})"
+    stack = node.meta.get("nn_module_stack")
+    inside = f" inside '{next(reversed(stack))}'" if stack else ""
+    target = getattr(node.target, "__name__", str(node.target))
+    return f"operation '{node.name}' ({node.op} {target}){inside}"
+
+
+def check_flattens(gm: fx.GraphModule, input_shape: Sequence[int]) -> None:
+    """Run the model once on zeros and check that each view/reshape/flatten gives ``(batch, features)``."""
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    shape = tuple(int(s) for s in input_shape)
+    if not shape or any(s <= 0 for s in shape):
+        raise GraphError(f"input_shape must be positive sizes without the batch dimension, got {input_shape}")
+    was_training = gm.training
+    gm.eval()
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(torch.zeros((2, *shape)))
+    except Exception as exc:
+        raise GraphError(f"the model does not accept inputs of shape {shape}: {exc}") from exc
+    finally:
+        gm.train(was_training)
+    for node in gm.graph.nodes:
+        is_flatten = (
+            (node.op == "call_method" and node.target in FLATTEN_METHODS)
+            or (node.op == "call_function" and node.target in FLATTEN_FUNCTIONS)
+            or (node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.Flatten))
+        )
+        meta = node.meta.get("tensor_meta")
+        if is_flatten and meta is not None and (len(meta.shape) != 2 or meta.shape[0] != 2):
+            raise GraphError(
+                f"{where(node, gm)} reshapes to {tuple(meta.shape)}; only a flatten to (batch, features) "
+                "is supported"
+            )

@@ -18,6 +18,7 @@ from torch import fx, nn
 from modscope.graph import ops
 from modscope.graph.blocks import BATCHNORM, WEIGHTED, WeightLayer, layer_block
 from modscope.graph.layer import GraphError, Layer
+from modscope.graph.ops import where
 
 
 @dataclass
@@ -29,16 +30,6 @@ class _Units:
     flat: bool = False  # channels flattened into one feature vector (channel-major)
     foldable: bool = True  # nothing but identities since the weight layer: BatchNorm scales its rows
     col_norms: tuple[nn.Module, ...] = ()  # BatchNorms after a nonlinearity: scale the next layer's columns
-
-
-def _where(node: fx.Node, gm: fx.GraphModule) -> str:
-    if node.op == "call_module":
-        mod = gm.get_submodule(node.target)
-        return f"module '{node.target}' ({type(mod).__name__})"
-    stack = node.meta.get("nn_module_stack")
-    inside = f" inside '{next(reversed(stack))}'" if stack else ""
-    target = getattr(node.target, "__name__", str(node.target))
-    return f"operation '{node.name}' ({node.op} {target}){inside}"
 
 
 def _float64(t: torch.Tensor) -> torch.Tensor:
@@ -82,7 +73,7 @@ def _trace(model: nn.Module, input_shape: Sequence[int] | None) -> tuple[list[La
             "for raw matrices use WeightGraph.from_weights"
         ) from exc
     if input_shape is not None:
-        _check_flattens(gm, input_shape)
+        ops.check_flattens(gm, input_shape)
 
     layers: list[Layer] = [Layer("input", -1, "input")]
     chain: list[WeightLayer] = []
@@ -96,13 +87,13 @@ def _trace(model: nn.Module, input_shape: Sequence[int] | None) -> tuple[list[La
         tensors = [a for a in node.all_input_nodes if a in state]
         if len(tensors) != 1:
             raise GraphError(
-                f"{_where(node, gm)} combines {len(tensors)} activations; only a single feed-forward chain "
+                f"{where(node, gm)} combines {len(tensors)} activations; only a single feed-forward chain "
                 "is supported (residual connections and branches are not yet)"
             )
         src = tensors[0]
         if src in consumed:
             raise GraphError(
-                f"{_where(node, gm)} reuses an activation that another operation already consumed: "
+                f"{where(node, gm)} reuses an activation that another operation already consumed: "
                 "branching networks are not supported"
             )
         consumed.add(src)
@@ -118,7 +109,7 @@ def _trace(model: nn.Module, input_shape: Sequence[int] | None) -> tuple[list[La
         if isinstance(module, nn.Linear):
             if units.channels is not None and not units.flat:
                 raise GraphError(
-                    f"{_where(node, gm)} is applied to a {units.channels}-channel feature map without a "
+                    f"{where(node, gm)} is applied to a {units.channels}-channel feature map without a "
                     "flatten; only Linear on feature vectors (or after a flatten) is supported"
                 )
             set_input_size(units, module.in_features, None)
@@ -127,23 +118,23 @@ def _trace(model: nn.Module, input_shape: Sequence[int] | None) -> tuple[list[La
                 n_in = units.channels
                 if module.in_features % n_in:
                     raise GraphError(
-                        f"{_where(node, gm)} has {module.in_features} inputs, not a multiple of the "
+                        f"{where(node, gm)} has {module.in_features} inputs, not a multiple of the "
                         f"{n_in} channels flattened into it"
                     )
                 spatial = module.in_features // n_in
             elif layers[units.layer].size != module.in_features:
                 raise GraphError(
-                    f"{_where(node, gm)} expects {module.in_features} inputs but the previous layer "
+                    f"{where(node, gm)} expects {module.in_features} inputs but the previous layer "
                     f"'{layers[units.layer].name}' has {layers[units.layer].size} units"
                 )
             kind, out, channels = "linear", module.out_features, None
         else:  # convolution
             if units.flat:
-                raise GraphError(f"{_where(node, gm)} follows a flatten; convolutions need a feature map")
+                raise GraphError(f"{where(node, gm)} follows a flatten; convolutions need a feature map")
             set_input_size(units, module.in_channels, module.in_channels)
             if layers[units.layer].size != module.in_channels:
                 raise GraphError(
-                    f"{_where(node, gm)} expects {module.in_channels} input channels but the previous layer "
+                    f"{where(node, gm)} expects {module.in_channels} input channels but the previous layer "
                     f"'{layers[units.layer].name}' has {layers[units.layer].size}"
                 )
             n_in = module.in_channels
@@ -159,7 +150,7 @@ def _trace(model: nn.Module, input_shape: Sequence[int] | None) -> tuple[list[La
     def fold_batchnorm(node: fx.Node, module: nn.Module, units: _Units) -> _Units:
         if module.running_var is None:
             raise GraphError(
-                f"{_where(node, gm)} has no running statistics (track_running_stats=False), "
+                f"{where(node, gm)} has no running statistics (track_running_stats=False), "
                 "so it cannot be folded into the weights"
             )
         n = module.num_features
@@ -168,9 +159,9 @@ def _trace(model: nn.Module, input_shape: Sequence[int] | None) -> tuple[list[La
             set_input_size(units, n, n if isinstance(module, (nn.BatchNorm2d, nn.BatchNorm3d)) else None)
             size = n
         if units.flat and units.channels is not None:
-            raise GraphError(f"{_where(node, gm)} normalizes a flattened feature map; not supported")
+            raise GraphError(f"{where(node, gm)} normalizes a flattened feature map; not supported")
         if size != n:
-            raise GraphError(f"{_where(node, gm)} normalizes {n} features but the layer has {size} units")
+            raise GraphError(f"{where(node, gm)} normalizes {n} features but the layer has {size} units")
         if units.foldable and units.layer > 0:
             fold_rows((module,))
             return units
@@ -182,7 +173,7 @@ def _trace(model: nn.Module, input_shape: Sequence[int] | None) -> tuple[list[La
             state[node] = _Units(0, None)
         elif node.op == "get_attr":
             raise GraphError(
-                f"{_where(node, gm)} reads a parameter directly ({node.target}); functional use of weights "
+                f"{where(node, gm)} reads a parameter directly ({node.target}); functional use of weights "
                 "is not supported: use nn.Linear / nn.Conv modules"
             )
         elif node.op == "output":
@@ -206,12 +197,12 @@ def _trace(model: nn.Module, input_shape: Sequence[int] | None) -> tuple[list[La
             elif isinstance(module, nn.Flatten):
                 state[node] = _flatten(units)
             else:
-                raise GraphError(f"unsupported {_where(node, gm)}. Supported: {ops.SUPPORTED}")
+                raise GraphError(f"unsupported {where(node, gm)}. Supported: {ops.SUPPORTED}")
         elif node.op in ("call_function", "call_method"):
             t = node.target
             if t in (operator.add, torch.add, operator.iadd, "add", "add_"):
                 raise GraphError(
-                    f"{_where(node, gm)} adds activations (a residual connection?), not yet "
+                    f"{where(node, gm)} adds activations (a residual connection?), not yet "
                     f"supported. Supported: {ops.SUPPORTED}"
                 )
             units = take(node)
@@ -222,7 +213,7 @@ def _trace(model: nn.Module, input_shape: Sequence[int] | None) -> tuple[list[La
             elif t in ops.FLATTEN_FUNCTIONS or t in ops.FLATTEN_METHODS:
                 state[node] = _flatten(units)
             else:
-                raise GraphError(f"unsupported {_where(node, gm)}. Supported: {ops.SUPPORTED}")
+                raise GraphError(f"unsupported {where(node, gm)}. Supported: {ops.SUPPORTED}")
     if output_units is None or not chain:
         raise GraphError(f"{type(model).__name__} has no weight layers ({ops.SUPPORTED})")
     if output_units.layer != len(layers) - 1:
@@ -238,32 +229,3 @@ def _flatten(units: _Units) -> _Units:
         return _Units(units.layer, units.channels, units.flat, units.foldable, units.col_norms)
     return _Units(units.layer, units.channels, True, units.foldable, units.col_norms)
 
-
-def _check_flattens(gm: fx.GraphModule, input_shape: Sequence[int]) -> None:
-    """Run the model once on zeros and check that each view/reshape/flatten gives ``(batch, features)``."""
-    from torch.fx.passes.shape_prop import ShapeProp
-
-    shape = tuple(int(s) for s in input_shape)
-    if not shape or any(s <= 0 for s in shape):
-        raise GraphError(f"input_shape must be positive sizes without the batch dimension, got {input_shape}")
-    was_training = gm.training
-    gm.eval()
-    try:
-        with torch.no_grad():
-            ShapeProp(gm).propagate(torch.zeros((2, *shape)))
-    except Exception as exc:
-        raise GraphError(f"the model does not accept inputs of shape {shape}: {exc}") from exc
-    finally:
-        gm.train(was_training)
-    for node in gm.graph.nodes:
-        is_flatten = (
-            (node.op == "call_method" and node.target in ops.FLATTEN_METHODS)
-            or (node.op == "call_function" and node.target in ops.FLATTEN_FUNCTIONS)
-            or (node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.Flatten))
-        )
-        meta = node.meta.get("tensor_meta")
-        if is_flatten and meta is not None and (len(meta.shape) != 2 or meta.shape[0] != 2):
-            raise GraphError(
-                f"{_where(node, gm)} reshapes to {tuple(meta.shape)}; only a flatten to (batch, features) "
-                "is supported"
-            )
