@@ -308,12 +308,13 @@ def test_null_graphs_are_the_shuffles_clusterability_scores(planted_graph):
     # each null graph, clustered with its shuffle's seed, gives exactly the n-cut clusterability reported
     from threadpoolctl import threadpool_limits
 
-    from modscope.cluster.affinity import Affinity
+    from modscope.cluster.affinity import as_affinity
     from modscope.cluster.clusterability import _child, _seeds
     from modscope.cluster.spectral import partition_affinity
 
     with threadpool_limits(limits=1):
         redone = [
-            partition_affinity(Affinity(g), 3, seed=_child(s, 1)).ncut for g, s in zip(nulls, _seeds(9, 3)[1])
+            partition_affinity(as_affinity(g), 3, seed=_child(s, 1)).ncut
+            for g, s in zip(nulls, _seeds(9, 3)[1])
         ]
     assert redone == r.null_ncuts.tolist()

@@ -269,3 +269,58 @@ def test_shuffle_is_seeded_and_changes_the_graph():
     assert any(not np.array_equal(x, y) for x, y in zip(a.blocks, g.blocks))
     with pytest.raises(ValueError, match="shuffle must be one of"):
         shuffle_graph(g, "global")
+
+
+# ---------------------------------------------------------------------- the layer-to-block rule
+def _conv_bn_net():
+    """conv (2 -> 2, 1x2 kernel) -> BN -> ReLU -> BN -> conv (2 -> 1, 1x1), with hand-picked numbers."""
+    model = nn.Sequential(
+        nn.Conv2d(2, 2, (1, 2), bias=False),
+        nn.BatchNorm2d(2, eps=1.0),
+        nn.ReLU(),
+        nn.BatchNorm2d(2, eps=1.0),
+        nn.Conv2d(2, 1, 1, bias=False),
+    ).eval()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[[[1.0, -2.0]], [[0.5, 0.5]]], [[[-3.0, 0.0]], [[2.0, -2.0]]]]))
+        model[1].weight.copy_(torch.tensor([4.0, -0.5]))  # s = |gamma| / sqrt(var + 1) = (2, 0.5)
+        model[1].running_var.copy_(torch.tensor([3.0, 0.0]))
+        model[3].weight.copy_(torch.tensor([1.0, 3.0]))  # s = (0.5, 1)
+        model[3].running_var.copy_(torch.tensor([3.0, 8.0]))
+        model[4].weight.copy_(torch.tensor([[[[-1.0]], [[3.0]]]]))
+    return model
+
+
+# Kernel-slice l1 norms [[3, 1], [3, 4]], rows x (2, 0.5); the second conv's |W| = [1, 3], columns x (0.5, 1).
+CONV_BN_BLOCKS = [np.array([[6.0, 2.0], [1.5, 2.0]]), np.array([[0.5, 3.0]])]
+
+
+def test_conv_batchnorm_folding_known_answer():
+    g = WeightGraph.from_module(_conv_bn_net())
+    assert g.layer_sizes == (2, 2, 1)
+    for got, want in zip(g.blocks, CONV_BN_BLOCKS):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_trace_chain_records_how_each_block_is_read():
+    from modscope.graph.blocks import expand_factor, layer_block
+    from modscope.graph.trace import trace_chain
+
+    model = _conv_bn_net()
+    chain = trace_chain(model)
+    assert [(w.name, w.kind, w.in_units, w.out_units) for w in chain] == [
+        ("0", "conv", 2, 2),
+        ("4", "conv", 2, 1),
+    ]
+    assert chain[0].row_norms == (model[1],) and chain[0].col_norms == ()
+    assert chain[1].row_norms == () and chain[1].col_norms == (model[3],)
+    for w, want in zip(chain, CONV_BN_BLOCKS):
+        np.testing.assert_array_equal(layer_block(w).detach().double().numpy(), want)
+    cnn = TinyCNN()
+    fc = trace_chain(cnn)[1]
+    assert (fc.in_units, fc.spatial) == (3, 4)  # 3 channels of 2x2 positions after the flatten
+    factor = torch.arange(12.0).reshape(4, 3)
+    np.testing.assert_array_equal(expand_factor(fc, factor)[:, 4:8], factor[:, 1:2].expand(4, 4))
+    grouped = trace_chain(nn.Sequential(nn.Conv2d(4, 6, 1, groups=2)))[0]
+    full = expand_factor(grouped, torch.arange(24.0).reshape(6, 4))
+    assert full.shape == (6, 2, 1, 1) and full[4, :, 0, 0].tolist() == [18.0, 19.0]  # row 4: inputs 2, 3

@@ -80,3 +80,32 @@ def test_conv_channels_and_flatten():
 def test_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         clusterable_init(build_model("mlp:4-8-2", 0), **kwargs)
+
+
+class _DeclaredBackwards(torch.nn.Module):
+    """The output layer is declared first: the chain is the order forward() calls the layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.out = torch.nn.Linear(6, 2)
+        self.bn = torch.nn.BatchNorm1d(6)
+        self.hidden = torch.nn.Linear(6, 6)
+        self.first = torch.nn.Linear(3, 6)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.bn(self.hidden(torch.relu(self.first(x))))))
+
+
+def test_layers_follow_forward_not_declaration_order():
+    model = _DeclaredBackwards()
+    before = model.hidden.weight.detach().clone()
+    a = clusterable_init(model, n_modules=2, inside=3.0, across=0.5, seed=0)
+    assert a.layers == ("input", "first", "hidden", "out")
+    assert torch.equal(model.hidden.weight, before * _factor(a, "first", "hidden", 3.0, 0.5))
+
+
+def test_a_model_that_is_not_a_chain_is_named():
+    from modscope.graph import GraphError
+
+    with pytest.raises(GraphError, match=r"module 'lstm' \(LSTM\)"):
+        clusterable_init(build_model("lstm:4-8-3", 0))

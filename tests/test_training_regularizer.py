@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from torch import nn
 
 from modscope.graph import WeightGraph
 from modscope.models import build_model
 from modscope.training import clusterability_penalty, path_flow, train
+from modscope.training.regularizer import weight_blocks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -125,3 +127,81 @@ def test_training_with_the_regularizer_lowers_it():
     result = train(reg, (x, y), steps=40, batch_size=32, lr=1e-2, regularizer=(pen, 1.0))
     assert pen(reg).item() < pen(plain).item() - 0.05
     assert result.config["regularizer"] == {"penalty": "clusterability_penalty", "weight": 1.0}
+
+
+def _randomize_batchnorms(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                m.weight.copy_(torch.randn(m.num_features, generator=g, dtype=m.weight.dtype))
+                m.running_var.copy_(torch.rand(m.num_features, generator=g, dtype=m.weight.dtype) + 0.5)
+    return model.eval()
+
+
+def _bn_everywhere():
+    """BatchNorm right after a conv (rows), after a nonlinearity (next columns) and at the output (rows)."""
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2), nn.BatchNorm2d(4),
+        nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 2 * 2, 5), nn.ReLU(),
+        nn.BatchNorm1d(5), nn.Linear(5, 3), nn.Tanh(), nn.BatchNorm1d(3),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: build_model("mlp:5-7-6-3", 0),
+        lambda: build_model("cnn:2x8x8:bc4-M-bc6-f5-f3", 0),
+        _bn_everywhere,
+        lambda: nn.Sequential(
+            nn.Conv2d(4, 6, 3, groups=2), nn.ReLU(), nn.Conv2d(6, 6, 1, groups=3), nn.ReLU(),
+            nn.Conv2d(6, 2, 1),
+        ),
+    ],
+    ids=["mlp", "cnn-bn", "bn-rows-columns-output", "grouped-conv"],
+)
+@pytest.mark.parametrize("channel_norm", ["l1", "l2"])
+def test_penalty_blocks_are_the_weight_graph_blocks(make, channel_norm):
+    model = _randomize_batchnorms(make().double(), seed=5)
+    graph = WeightGraph.from_module(model, channel_norm=channel_norm)
+    blocks = weight_blocks(model, channel_norm=channel_norm)
+    assert len(blocks) == len(graph.blocks)
+    for got, want in zip(blocks, graph.blocks):
+        np.testing.assert_array_equal(got.detach().numpy(), want)  # one rule, the same float64 operations
+    got = clusterability_penalty(model, n_eigs=3, invariant=False, channel_norm=channel_norm).item()
+    a = graph.adjacency().toarray()
+    d = a.sum(1)
+    want = scipy.linalg.eigvalsh(np.eye(len(d)) - a / np.sqrt(np.outer(d, d)))[1:4].sum()
+    assert got == pytest.approx(want, rel=1e-10)
+
+
+def test_batchnorm_is_folded_by_hand_and_differentiable():
+    model = nn.Sequential(
+        nn.Conv2d(2, 2, (1, 2), bias=False), nn.BatchNorm2d(2, eps=1.0), nn.ReLU(),
+        nn.BatchNorm2d(2, eps=1.0), nn.Conv2d(2, 1, 1, bias=False),
+    ).eval()  # fmt: skip
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[[[1.0, -2.0]], [[0.5, 0.5]]], [[[-3.0, 0.0]], [[2.0, -2.0]]]]))
+        model[1].weight.copy_(torch.tensor([4.0, -0.5]))  # |gamma| / sqrt(var + eps) = (2, 0.5)
+        model[1].running_var.copy_(torch.tensor([3.0, 0.0]))
+        model[3].weight.copy_(torch.tensor([1.0, 3.0]))  # (0.5, 1)
+        model[3].running_var.copy_(torch.tensor([3.0, 8.0]))
+        model[4].weight.copy_(torch.tensor([[[[-1.0]], [[3.0]]]]))
+    first, second = weight_blocks(model)
+    # kernel-slice l1 norms [[3, 1], [3, 4]] scaled by row; |W| = [1, 3] of the second conv scaled by column
+    assert first.tolist() == [[6.0, 2.0], [1.5, 2.0]] and second.tolist() == [[0.5, 3.0]]
+    first.sum().backward()  # d/dgamma of sum_j |gamma_j| / sqrt(var_j + 1) * (row sum j)
+    assert model[1].weight.grad.tolist() == [0.5 * 4.0, -1.0 * 7.0]
+    assert model[0].weight.grad[1, 1].tolist() == [[0.5, -0.5]]  # sign(K) * row scale
+
+
+def test_penalty_follows_a_replaced_layer():
+    model = build_model("mlp:5-7-6-3", 0)
+    before = clusterability_penalty(model, n_eigs=2, invariant=False)
+    model.fc2 = nn.Linear(7, 6)
+    with torch.no_grad():
+        model.fc2.weight.copy_(torch.eye(6, 7))
+    after = weight_blocks(model)[1]
+    assert torch.equal(after, torch.eye(6, 7))
+    assert clusterability_penalty(model, n_eigs=2, invariant=False).item() != pytest.approx(before.item())

@@ -15,11 +15,12 @@ import scipy.linalg
 
 from modscope.cluster.affinity import Affinity
 from modscope.cluster.eigen import top_eigenpairs
+from modscope.cluster.layered_affinity import LayeredAffinity
 
 
 def eigenproblem_size(aff: Affinity) -> int:
     """Unknowns of the eigenproblem: the smaller bipartite side of a layered graph, else all nodes."""
-    if aff.blocks is None:
+    if not isinstance(aff, LayeredAffinity):
         return aff.n
     even = int(sum(aff.layer_sizes[0::2]))
     return min(even, aff.n - even)
@@ -28,7 +29,7 @@ def eigenproblem_size(aff: Affinity) -> int:
 class LayeredGram:
     """``C = G^T G`` of a layered affinity, as a dense matrix or an operator on the smaller side."""
 
-    def __init__(self, aff: Affinity):
+    def __init__(self, aff: LayeredAffinity):
         sizes, off = aff.layer_sizes, aff.layer_offsets
         dinv = 1.0 / np.sqrt(aff.degrees)
         self.n_layers = len(sizes)
@@ -97,9 +98,11 @@ def layered_eigenpairs(
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """The ``k`` largest eigenvalues of ``S`` (ascending) and their ``(n, k)`` eigenvectors.
 
-    ``None`` when the smaller side has fewer than ``k`` non-zero singular values (the top of ``S``'s
-    spectrum then holds zeros whose eigenvectors this reduction does not give).
+    ``None`` when ``aff`` is not layered, or when the smaller side has fewer than ``k`` non-zero singular
+    values (the top of ``S``'s spectrum then holds zeros whose eigenvectors this reduction does not give).
     """
+    if not isinstance(aff, LayeredAffinity):
+        return None
     gram = LayeredGram(aff)
     n = gram.n_small
     if k > n or (solver != "dense" and k >= n - 1):

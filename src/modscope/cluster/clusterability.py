@@ -20,7 +20,8 @@ from joblib import Parallel, delayed
 from threadpoolctl import threadpool_limits
 
 from modscope.atomic import write_json_atomic
-from modscope.cluster.affinity import Affinity
+from modscope.cluster.affinity import as_affinity
+from modscope.cluster.layered_affinity import LayeredAffinity
 from modscope.cluster.spectral import N_INIT, Partition, check_k, partition_affinity
 from modscope.graph import WeightGraph, shuffle_blocks
 from modscope.graph.shuffle import check_shuffle
@@ -145,7 +146,7 @@ def _one_shuffle(blocks, k: int, shuffle: str, solver: str, n_init: int, seed_se
     shuffled = _shuffled(blocks, shuffle, seed_seq)
     cluster_seed = _child(seed_seq, 1)
     return partition_affinity(
-        Affinity.from_blocks(shuffled), k, seed=cluster_seed, solver=solver, n_init=n_init
+        LayeredAffinity(shuffled), k, seed=cluster_seed, solver=solver, n_init=n_init
     ).ncut
 
 
@@ -201,7 +202,7 @@ def clusterability(
     total = n_shuffles + 1
 
     own_seed, shuffle_seeds = _seeds(seed, n_shuffles)
-    aff = Affinity(graph)
+    aff = as_affinity(graph)
     k = check_k(k, aff.n)
     args = (graph.blocks, k, shuffle, solver, n_init)
     if n_jobs == 1:

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from modscope.cluster.affinity import Affinity
+from modscope.cluster.affinity import Affinity, as_affinity
+from modscope.cluster.sparse_affinity import SparseAffinity
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ def ncut(adjacency: Any, labels: Any) -> float:
         raise ValueError(f"labels must be a 1-D integer array, got dtype {labels.dtype} shape {labels.shape}")
     if labels.size and labels.min() < -1:
         raise ValueError(f"labels must be >= -1 (-1 = left out), found {labels.min()}")
-    aff = Affinity(adjacency)
+    aff = as_affinity(adjacency)
     if labels.size != aff.n_total:
         raise ValueError(f"labels has {labels.size} entries for a graph of {aff.n_total} nodes")
     kept = labels >= 0
@@ -70,7 +71,7 @@ def ncut(adjacency: Any, labels: Any) -> float:
 
         full = adjacency.adjacency() if hasattr(adjacency, "adjacency") else sp.csr_array(adjacency)
         idx = np.flatnonzero(kept)
-        aff = Affinity(sp.csr_array(full)[idx][:, idx])
+        aff = SparseAffinity(sp.csr_array(full)[idx][:, idx])
         labels = labels[idx]
     _, dense_labels = np.unique(labels[aff.live], return_inverse=True)
     k = int(dense_labels.max()) + 1 if dense_labels.size else 0

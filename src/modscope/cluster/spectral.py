@@ -21,7 +21,7 @@ import scipy.linalg
 import sklearn
 from sklearn.cluster import KMeans
 
-from modscope.cluster.affinity import Affinity
+from modscope.cluster.affinity import Affinity, as_affinity
 from modscope.cluster.bipartite import eigenproblem_size, layered_eigenpairs
 from modscope.cluster.eigen import top_eigenpairs
 from modscope.cluster.ncut import cluster_stats
@@ -112,7 +112,7 @@ def spectral_embedding(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``(n, k)`` embedding ``D^-1/2 V`` and the ``k`` largest eigenvalues of ``S``, descending."""
     dinv = 1.0 / np.sqrt(aff.degrees)
-    found = layered_eigenpairs(aff, k, solver, rng, tol) if aff.blocks is not None else None
+    found = layered_eigenpairs(aff, k, solver, rng, tol)
     if found is not None:
         vals, vecs = found
     elif solver == "dense":
@@ -212,4 +212,4 @@ def spectral_partition(
     A disconnected graph is fine: each connected component brings one eigenvalue 1, and components
     are separated at no cut. With more components than ``k`` the n-cut can be 0.
     """
-    return partition_affinity(Affinity(graph_or_adjacency), k, seed=seed, solver=solver, n_init=n_init)
+    return partition_affinity(as_affinity(graph_or_adjacency), k, seed=seed, solver=solver, n_init=n_init)

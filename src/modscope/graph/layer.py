@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import numpy as np
+from typing import Any
 
 CHANNEL_NORMS = ("l1", "l2")
 
@@ -32,12 +31,17 @@ def check_channel_norm(channel_norm: str) -> str:
     return channel_norm
 
 
-def reduce_kernel(weight: np.ndarray, channel_norm: str) -> np.ndarray:
-    """``|W|`` for a matrix; for a kernel ``(out, in, *spatial)``, the norm of each ``(out, in)`` slice."""
-    a = np.abs(weight)
+def reduce_kernel(weight: Any, channel_norm: str) -> Any:
+    """``|W|`` for a matrix; for a kernel ``(out, in, *spatial)``, the norm of each ``(out, in)`` slice.
+
+    ``"l1"``: ``sum |K[j, i, ...]|``; ``"l2"``: ``sqrt(sum K[j, i, ...]**2)``. Written with the operations
+    numpy arrays and torch tensors share, so the same rule serves :meth:`WeightGraph.from_weights` (numpy,
+    without importing torch) and the differentiable blocks of :mod:`modscope.graph.blocks` (torch).
+    """
+    a = abs(weight)
     if a.ndim == 2:
         return a
     axes = tuple(range(2, a.ndim))
     if channel_norm == "l1":
         return a.sum(axis=axes)
-    return np.sqrt(np.square(a).sum(axis=axes))
+    return (a * a).sum(axis=axes) ** 0.5

@@ -9,106 +9,16 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
-from modscope.graph.layer import GraphError, Layer, reduce_kernel
-
-_WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-# Modules with no edge weights between units that keep the unit identity: passed through.
-_PASS_MODULES = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.PReLU,
-    nn.ELU,
-    nn.SELU,
-    nn.CELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Mish,
-    nn.Tanh,
-    nn.Sigmoid,
-    nn.Hardtanh,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-    nn.Softplus,
-    nn.Softsign,
-    nn.LogSigmoid,
-    nn.Tanhshrink,
-    nn.Softmax,
-    nn.LogSoftmax,
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-    nn.MaxPool3d,
-    nn.AvgPool1d,
-    nn.AvgPool2d,
-    nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d,
-    nn.AdaptiveMaxPool3d,
-    nn.LPPool1d,
-    nn.LPPool2d,
-)
-# Modules that leave values untouched in eval mode: a BatchNorm right after them still folds into rows.
-_IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
-_PASS_FUNCTIONS = {
-    torch.relu,
-    F.relu,
-    F.relu6,
-    F.leaky_relu,
-    F.elu,
-    F.selu,
-    F.celu,
-    F.gelu,
-    F.silu,
-    F.mish,
-    torch.tanh,
-    F.tanh,
-    torch.sigmoid,
-    F.sigmoid,
-    F.hardtanh,
-    F.hardswish,
-    F.softplus,
-    F.softsign,
-    F.logsigmoid,
-    torch.softmax,
-    F.softmax,
-    torch.log_softmax,
-    F.log_softmax,
-    F.max_pool1d,
-    F.max_pool2d,
-    F.max_pool3d,
-    F.avg_pool1d,
-    F.avg_pool2d,
-    F.avg_pool3d,
-    F.adaptive_avg_pool1d,
-    F.adaptive_avg_pool2d,
-    F.adaptive_avg_pool3d,
-    F.adaptive_max_pool1d,
-    F.adaptive_max_pool2d,
-    F.adaptive_max_pool3d,
-}
-_IDENTITY_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout}
-_FLATTEN_FUNCTIONS = {torch.flatten}
-_PASS_METHODS = {"relu", "sigmoid", "tanh", "softmax", "log_softmax", "gelu"}
-_IDENTITY_METHODS = {"contiguous", "float", "double", "to", "type_as", "detach"}
-_FLATTEN_METHODS = {"flatten", "view", "reshape"}
-# Methods whose result is not a unit activation (e.g. ``x.size(0)`` feeding a ``view``).
-_META_METHODS = {"size", "dim"}
-
-SUPPORTED = (
-    "Linear, Conv1d/2d/3d, BatchNorm1d/2d/3d, activations (ReLU, GELU, Tanh, Sigmoid, ...), Dropout, "
-    "Identity, max/avg/adaptive pooling, Flatten / torch.flatten / view / reshape, in one feed-forward chain"
-)
+from modscope.graph import ops
+from modscope.graph.blocks import BATCHNORM, WEIGHTED, WeightLayer, layer_block
+from modscope.graph.layer import GraphError, Layer
+from modscope.graph.ops import where
 
 
 @dataclass
@@ -119,32 +29,41 @@ class _Units:
     channels: int | None  # None: a feature vector (or the still-unknown input)
     flat: bool = False  # channels flattened into one feature vector (channel-major)
     foldable: bool = True  # nothing but identities since the weight layer: BatchNorm scales its rows
-    col_scale: np.ndarray | None = None  # BatchNorm after a nonlinearity: scales the next layer's columns
+    col_norms: tuple[nn.Module, ...] = ()  # BatchNorms after a nonlinearity: scale the next layer's columns
 
 
-def _where(node: fx.Node, gm: fx.GraphModule) -> str:
-    if node.op == "call_module":
-        mod = gm.get_submodule(node.target)
-        return f"module '{node.target}' ({type(mod).__name__})"
-    stack = node.meta.get("nn_module_stack")
-    inside = f" inside '{next(reversed(stack))}'" if stack else ""
-    target = getattr(node.target, "__name__", str(node.target))
-    return f"operation '{node.name}' ({node.op} {target}){inside}"
-
-
-def _numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().to("cpu", torch.float64).numpy()
+def _float64(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to("cpu", torch.float64)
 
 
 def trace_layers(
     model: nn.Module, input_shape: Sequence[int] | None, channel_norm: str
 ) -> tuple[list[Layer], list[np.ndarray]]:
-    """Layers and ``(out, in)`` edge blocks of ``model``'s feed-forward chain."""
+    """Layers and float64 ``(out, in)`` edge blocks of ``model``'s feed-forward chain (for WeightGraph)."""
     if not isinstance(model, nn.Module):
         raise GraphError(f"expected a torch.nn.Module, got {type(model).__name__}")
     for name, p in list(model.named_parameters()) + list(model.named_buffers()):
         if p.is_floating_point() and not torch.all(torch.isfinite(p)):
             raise GraphError(f"parameter '{name}' has non-finite values (NaN or inf)")
+    layers, chain = _trace(model, input_shape)
+    blocks = [layer_block(w, channel_norm=channel_norm, read=_float64).numpy() for w in chain]
+    return layers, blocks
+
+
+def trace_chain(model: nn.Module, input_shape: Sequence[int] | None = None) -> list[WeightLayer]:
+    """The weight layers of ``model``'s feed-forward chain, in the order ``forward`` calls them.
+
+    The chain :meth:`WeightGraph.from_module <modscope.graph.WeightGraph.from_module>` builds its graph
+    from (same tracing, same checks, same ``input_shape``): pass each layer to
+    :func:`~modscope.graph.blocks.layer_block` for its edge block. ``chain[0].in_units`` is the number of
+    input units. Raises :class:`GraphError` naming any module or operation that is not a feed-forward chain.
+    """
+    if not isinstance(model, nn.Module):
+        raise GraphError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    return _trace(model, input_shape)[1]
+
+
+def _trace(model: nn.Module, input_shape: Sequence[int] | None) -> tuple[list[Layer], list[WeightLayer]]:
     try:
         gm = fx.symbolic_trace(model)
     except Exception as exc:  # fx raises many types; the user needs the reason and the way out
@@ -154,10 +73,10 @@ def trace_layers(
             "for raw matrices use WeightGraph.from_weights"
         ) from exc
     if input_shape is not None:
-        _check_flattens(gm, input_shape)
+        ops.check_flattens(gm, input_shape)
 
     layers: list[Layer] = [Layer("input", -1, "input")]
-    blocks: list[np.ndarray] = []
+    chain: list[WeightLayer] = []
     state: dict[fx.Node, _Units] = {}
     consumed: set[fx.Node] = set()
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
@@ -168,13 +87,13 @@ def trace_layers(
         tensors = [a for a in node.all_input_nodes if a in state]
         if len(tensors) != 1:
             raise GraphError(
-                f"{_where(node, gm)} combines {len(tensors)} activations; only a single feed-forward chain "
+                f"{where(node, gm)} combines {len(tensors)} activations; only a single feed-forward chain "
                 "is supported (residual connections and branches are not yet)"
             )
         src = tensors[0]
         if src in consumed:
             raise GraphError(
-                f"{_where(node, gm)} reuses an activation that another operation already consumed: "
+                f"{where(node, gm)} reuses an activation that another operation already consumed: "
                 "branching networks are not supported"
             )
         consumed.add(src)
@@ -186,65 +105,52 @@ def trace_layers(
             units.channels = channels if not units.flat else None
 
     def add_layer(node: fx.Node, module: nn.Module, units: _Units) -> _Units:
-        w = _numpy(module.weight)
+        spatial = 1
         if isinstance(module, nn.Linear):
             if units.channels is not None and not units.flat:
                 raise GraphError(
-                    f"{_where(node, gm)} is applied to a {units.channels}-channel feature map without a "
+                    f"{where(node, gm)} is applied to a {units.channels}-channel feature map without a "
                     "flatten; only Linear on feature vectors (or after a flatten) is supported"
                 )
             set_input_size(units, module.in_features, None)
+            n_in = module.in_features
             if units.flat and units.channels is not None:
-                c = units.channels
-                if module.in_features % c:
+                n_in = units.channels
+                if module.in_features % n_in:
                     raise GraphError(
-                        f"{_where(node, gm)} has {module.in_features} inputs, not a multiple of the "
-                        f"{c} channels flattened into it"
+                        f"{where(node, gm)} has {module.in_features} inputs, not a multiple of the "
+                        f"{n_in} channels flattened into it"
                     )
-                # PyTorch flattens channel-major: feature c * spatial + s belongs to channel c.
-                block = reduce_kernel(
-                    w.reshape(module.out_features, c, module.in_features // c), channel_norm
+                spatial = module.in_features // n_in
+            elif layers[units.layer].size != module.in_features:
+                raise GraphError(
+                    f"{where(node, gm)} expects {module.in_features} inputs but the previous layer "
+                    f"'{layers[units.layer].name}' has {layers[units.layer].size} units"
                 )
-                scale = units.col_scale
-            else:
-                if layers[units.layer].size != module.in_features:
-                    raise GraphError(
-                        f"{_where(node, gm)} expects {module.in_features} inputs but the previous layer "
-                        f"'{layers[units.layer].name}' has {layers[units.layer].size} units"
-                    )
-                block = np.abs(w)
-                scale = units.col_scale
-            kind, out = "linear", module.out_features
-            channels = None
+            kind, out, channels = "linear", module.out_features, None
         else:  # convolution
             if units.flat:
-                raise GraphError(f"{_where(node, gm)} follows a flatten; convolutions need a feature map")
+                raise GraphError(f"{where(node, gm)} follows a flatten; convolutions need a feature map")
             set_input_size(units, module.in_channels, module.in_channels)
             if layers[units.layer].size != module.in_channels:
                 raise GraphError(
-                    f"{_where(node, gm)} expects {module.in_channels} input channels but the previous layer "
+                    f"{where(node, gm)} expects {module.in_channels} input channels but the previous layer "
                     f"'{layers[units.layer].name}' has {layers[units.layer].size}"
                 )
-            reduced = reduce_kernel(w, channel_norm)  # (out, in / groups)
-            g = module.groups
-            block = np.zeros((module.out_channels, module.in_channels))
-            per_in, per_out = module.in_channels // g, module.out_channels // g
-            for gi in range(g):  # grouped conv: block-diagonal channel graph
-                rows = slice(gi * per_out, (gi + 1) * per_out)
-                block[rows, gi * per_in : (gi + 1) * per_in] = reduced[rows]
-            scale = units.col_scale
-            kind, out = "conv", module.out_channels
-            channels = module.out_channels
-        if scale is not None:
-            block = block * scale[None, :]
-        blocks.append(block)
-        layers.append(Layer(str(node.target), int(out), kind))
+            n_in = module.in_channels
+            kind, out, channels = "conv", module.out_channels, module.out_channels
+        name = str(node.target)
+        chain.append(WeightLayer(name, module, kind, int(n_in), int(out), spatial, (), units.col_norms))
+        layers.append(Layer(name, int(out), kind))
         return _Units(len(layers) - 1, channels)
+
+    def fold_rows(norms: tuple[nn.Module, ...]) -> None:
+        chain[-1] = replace(chain[-1], row_norms=chain[-1].row_norms + norms)
 
     def fold_batchnorm(node: fx.Node, module: nn.Module, units: _Units) -> _Units:
         if module.running_var is None:
             raise GraphError(
-                f"{_where(node, gm)} has no running statistics (track_running_stats=False), "
+                f"{where(node, gm)} has no running statistics (track_running_stats=False), "
                 "so it cannot be folded into the weights"
             )
         n = module.num_features
@@ -253,17 +159,13 @@ def trace_layers(
             set_input_size(units, n, n if isinstance(module, (nn.BatchNorm2d, nn.BatchNorm3d)) else None)
             size = n
         if units.flat and units.channels is not None:
-            raise GraphError(f"{_where(node, gm)} normalizes a flattened feature map; not supported")
+            raise GraphError(f"{where(node, gm)} normalizes a flattened feature map; not supported")
         if size != n:
-            raise GraphError(f"{_where(node, gm)} normalizes {n} features but the layer has {size} units")
-        scale = (_numpy(module.running_var) + module.eps) ** -0.5
-        if module.weight is not None:
-            scale = scale * np.abs(_numpy(module.weight))
+            raise GraphError(f"{where(node, gm)} normalizes {n} features but the layer has {size} units")
         if units.foldable and units.layer > 0:
-            blocks[-1] = blocks[-1] * scale[:, None]
+            fold_rows((module,))
             return units
-        prior = units.col_scale if units.col_scale is not None else 1.0
-        return _Units(units.layer, units.channels, units.flat, False, prior * scale)
+        return _Units(units.layer, units.channels, units.flat, False, (*units.col_norms, module))
 
     output_units: _Units | None = None
     for node in gm.graph.nodes:
@@ -271,7 +173,7 @@ def trace_layers(
             state[node] = _Units(0, None)
         elif node.op == "get_attr":
             raise GraphError(
-                f"{_where(node, gm)} reads a parameter directly ({node.target}); functional use of weights "
+                f"{where(node, gm)} reads a parameter directly ({node.target}); functional use of weights "
                 "is not supported: use nn.Linear / nn.Conv modules"
             )
         elif node.op == "output":
@@ -279,80 +181,51 @@ def trace_layers(
             if not isinstance(arg, fx.Node) or arg not in state:
                 raise GraphError("the model must return a single tensor computed by its layers")
             output_units = state[arg]
-        elif node.op == "call_method" and node.target in _META_METHODS:
+        elif node.op == "call_method" and node.target in ops.META_METHODS:
             continue
         elif node.op == "call_module":
             module = gm.get_submodule(node.target)
             units = take(node)
-            if isinstance(module, _WEIGHTED):
+            if isinstance(module, WEIGHTED):
                 state[node] = add_layer(node, module, units)
-            elif isinstance(module, _BATCHNORM):
+            elif isinstance(module, BATCHNORM):
                 state[node] = fold_batchnorm(node, module, units)
-            elif isinstance(module, _IDENTITY_MODULES):
+            elif isinstance(module, ops.IDENTITY_MODULES):
                 state[node] = units
-            elif isinstance(module, _PASS_MODULES):
-                state[node] = _Units(units.layer, units.channels, units.flat, False, units.col_scale)
+            elif isinstance(module, ops.PASS_MODULES):
+                state[node] = _Units(units.layer, units.channels, units.flat, False, units.col_norms)
             elif isinstance(module, nn.Flatten):
                 state[node] = _flatten(units)
             else:
-                raise GraphError(f"unsupported {_where(node, gm)}. Supported: {SUPPORTED}")
+                raise GraphError(f"unsupported {where(node, gm)}. Supported: {ops.SUPPORTED}")
         elif node.op in ("call_function", "call_method"):
             t = node.target
             if t in (operator.add, torch.add, operator.iadd, "add", "add_"):
                 raise GraphError(
-                    f"{_where(node, gm)} adds activations (a residual connection?), not yet "
-                    f"supported. Supported: {SUPPORTED}"
+                    f"{where(node, gm)} adds activations (a residual connection?), not yet "
+                    f"supported. Supported: {ops.SUPPORTED}"
                 )
             units = take(node)
-            if t in _IDENTITY_FUNCTIONS or t in _IDENTITY_METHODS:
+            if t in ops.IDENTITY_FUNCTIONS or t in ops.IDENTITY_METHODS:
                 state[node] = units
-            elif t in _PASS_FUNCTIONS or t in _PASS_METHODS:
-                state[node] = _Units(units.layer, units.channels, units.flat, False, units.col_scale)
-            elif t in _FLATTEN_FUNCTIONS or t in _FLATTEN_METHODS:
+            elif t in ops.PASS_FUNCTIONS or t in ops.PASS_METHODS:
+                state[node] = _Units(units.layer, units.channels, units.flat, False, units.col_norms)
+            elif t in ops.FLATTEN_FUNCTIONS or t in ops.FLATTEN_METHODS:
                 state[node] = _flatten(units)
             else:
-                raise GraphError(f"unsupported {_where(node, gm)}. Supported: {SUPPORTED}")
-    if output_units is None or not blocks:
-        raise GraphError(f"{type(model).__name__} has no weight layers ({SUPPORTED})")
+                raise GraphError(f"unsupported {where(node, gm)}. Supported: {ops.SUPPORTED}")
+    if output_units is None or not chain:
+        raise GraphError(f"{type(model).__name__} has no weight layers ({ops.SUPPORTED})")
     if output_units.layer != len(layers) - 1:
         raise GraphError("the model's output is not produced by its last weight layer")
-    if output_units.col_scale is not None:
+    if output_units.col_norms:
         # A BatchNorm after the last nonlinearity rescales the outputs: fold it into the last rows.
-        blocks[-1] = blocks[-1] * output_units.col_scale[:, None]
-    return layers, blocks
+        fold_rows(output_units.col_norms)
+    return layers, chain
 
 
 def _flatten(units: _Units) -> _Units:
     if units.channels is None or units.flat:
-        return _Units(units.layer, units.channels, units.flat, units.foldable, units.col_scale)
-    return _Units(units.layer, units.channels, True, units.foldable, units.col_scale)
+        return _Units(units.layer, units.channels, units.flat, units.foldable, units.col_norms)
+    return _Units(units.layer, units.channels, True, units.foldable, units.col_norms)
 
-
-def _check_flattens(gm: fx.GraphModule, input_shape: Sequence[int]) -> None:
-    """Run the model once on zeros and check that each view/reshape/flatten gives ``(batch, features)``."""
-    from torch.fx.passes.shape_prop import ShapeProp
-
-    shape = tuple(int(s) for s in input_shape)
-    if not shape or any(s <= 0 for s in shape):
-        raise GraphError(f"input_shape must be positive sizes without the batch dimension, got {input_shape}")
-    was_training = gm.training
-    gm.eval()
-    try:
-        with torch.no_grad():
-            ShapeProp(gm).propagate(torch.zeros((2, *shape)))
-    except Exception as exc:
-        raise GraphError(f"the model does not accept inputs of shape {shape}: {exc}") from exc
-    finally:
-        gm.train(was_training)
-    for node in gm.graph.nodes:
-        is_flatten = (
-            (node.op == "call_method" and node.target in _FLATTEN_METHODS)
-            or (node.op == "call_function" and node.target in _FLATTEN_FUNCTIONS)
-            or (node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.Flatten))
-        )
-        meta = node.meta.get("tensor_meta")
-        if is_flatten and meta is not None and (len(meta.shape) != 2 or meta.shape[0] != 2):
-            raise GraphError(
-                f"{_where(node, gm)} reshapes to {tuple(meta.shape)}; only a flatten to (batch, features) "
-                "is supported"
-            )

@@ -112,7 +112,9 @@ class WeightGraph:
         (folded: right after a weight layer it scales row ``j`` by ``|gamma_j| / sqrt(var_j + eps)``,
         after a nonlinearity it scales the next layer's column ``j``), activations, dropout, pooling,
         ``Flatten``/``view``/``reshape`` (a linear layer after a flatten is mapped back onto channels by
-        combining the edges of all spatial positions with ``channel_norm``). Biases are ignored.
+        combining the edges of all spatial positions with ``channel_norm``). Biases are ignored. The rule
+        is :mod:`modscope.graph.blocks`, the one the clusterability penalty of :mod:`modscope.training`
+        uses; the chain is :func:`modscope.graph.trace.trace_chain`.
 
         Parameters
         ----------

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from modscope.training._layers import expand_factor, weight_layers
+from modscope.graph.blocks import expand_factor
+from modscope.graph.trace import trace_chain
 
 __all__ = ["ModuleAssignment", "clusterable_init"]
 
@@ -87,9 +88,10 @@ def clusterable_init(
     touching them are left as they are, so only hidden-to-hidden weights are scaled. Set the flags to assign
     them too (each unit layer then gets its own random assignment).
 
-    Layers are the Linear/Conv modules in definition order, which must form a chain (as in every
-    :func:`modscope.models.build_model` network). The assignment depends only on ``seed`` and the layer sizes,
-    never on the global RNG.
+    Layers are the Linear/Conv modules of the feed-forward chain that ``forward`` calls, found by tracing as
+    for :meth:`WeightGraph.from_module <modscope.graph.WeightGraph.from_module>` (every
+    :func:`modscope.models.build_model` feed-forward network is one; anything else raises ``GraphError``).
+    The assignment depends only on ``seed`` and the layer sizes, never on the global RNG.
 
     Args:
         model: the network, modified in place (typically freshly built).
@@ -109,7 +111,7 @@ def clusterable_init(
             raise ValueError(f"{name} must be a finite non-negative number, got {v!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
-    layers = weight_layers(model)
+    layers = trace_chain(model)
     gen = torch.Generator().manual_seed(seed)
     names = ["input"] + [layer.name for layer in layers]
     sizes = [layers[0].in_units] + [layer.out_units for layer in layers]

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from modscope.training._layers import WEIGHTED, weight_layers
+from modscope.graph.blocks import weight_modules
 
 __all__ = ["PruneSchedule", "Pruner", "layer_sparsity"]
 
@@ -142,7 +142,7 @@ class Pruner:
                 self.schedule.final,
             )
         self.model = model
-        self.layers = [(layer.name, layer.module) for layer in weight_layers(model, schedule.layers)]
+        self.layers = weight_modules(model, schedule.layers)
 
     def attach(self) -> None:
         for _, module in self.layers:
@@ -183,14 +183,8 @@ class Pruner:
 def layer_sparsity(model: nn.Module, layers: list[str] | tuple[str, ...] | None = None) -> dict[str, float]:
     """Fraction of exactly-zero weights of each Linear/Conv layer (``layers``: module paths; default all)."""
     out = {}
-    for name, module in _modules(model, layers):
+    for name, module in weight_modules(model, layers):
         w = module.weight.detach()
         out[name] = float((w == 0).sum()) / w.numel()
     return out
 
-
-def _modules(model: nn.Module, layers: list[str] | tuple[str, ...] | None) -> Iterator[tuple[str, nn.Module]]:
-    if layers is None:
-        yield from ((n, m) for n, m in model.named_modules() if isinstance(m, WEIGHTED))
-    else:
-        yield from ((layer.name, layer.module) for layer in weight_layers(model, list(layers)))

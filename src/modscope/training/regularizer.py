@@ -9,33 +9,31 @@ weight graph towards ``e + 1`` weakly connected clusters.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from modscope.training._layers import (
-    check_channel_norm,
-    penalized_weights,
-    reduce_weight,
-    unit_block,
-    weight_layers,
-)
+from modscope.graph.blocks import WeightLayer, layer_block
+from modscope.graph.layer import check_channel_norm, reduce_kernel
+from modscope.graph.trace import trace_chain
 
-__all__ = ["clusterability_penalty", "path_flow", "weight_penalty"]
+__all__ = ["clusterability_penalty", "path_flow", "weight_blocks", "weight_penalty"]
 
 
 def weight_penalty(model: nn.Module, l1: float = 0.0, l2: float = 0.0) -> Tensor:
     """``l1 * sum |W| + l2 * sum W**2`` over the weight matrices and kernels (biases and norms excluded).
 
-    The weights are those of :func:`modscope.training._layers.penalized_weights`: every parameter with
-    "weight" in its name and at least 2 dimensions (Linear, Conv, recurrent, attention, embeddings).
+    The weights are every parameter with "weight" in its name and at least 2 dimensions (Linear, Conv,
+    recurrent ``weight_ih``/``weight_hh``, attention projections, embeddings); biases and norm parameters
+    (1-D) are excluded.
 
     The same convention as Keras' ``kernel_regularizer=l1(l1)`` / ``l2(l2)``, which Filan et al. used
     (5e-5). Returns a scalar tensor (0 when both are 0), differentiable; with pruning masks attached, the
     masked weights are penalized.
     """
-    weights = [w for _, w in penalized_weights(model)]
+    weights = _penalized_weights(model)
     total = weights[0].new_zeros(())
     for w in weights:
         if l1:
@@ -90,9 +88,12 @@ def clusterability_penalty(
 ) -> Tensor:
     """Sum of the 2nd to ``(n_eigs + 1)``-th smallest eigenvalues of the weight graph's normalized Laplacian.
 
-    The graph is the layered weight graph of :mod:`modscope.graph` (units as nodes, input features and
-    outputs included by default; edges ``|W[j, i]|``, a conv kernel slice reduced by ``channel_norm``, the
-    channels of a flattened feature map merged), made scale-invariant (below). With affinity ``A`` and
+    The graph is the layered weight graph of :meth:`WeightGraph.from_module
+    <modscope.graph.WeightGraph.from_module>`, with the same blocks (:mod:`modscope.graph.blocks`: units as
+    nodes, input features and outputs included by default; edges ``|W[j, i]|``, a conv kernel slice reduced
+    by ``channel_norm``, grouped convolutions block-diagonal, the channels of a flattened feature map merged,
+    BatchNorm folded in with its running statistics) kept as differentiable tensors, and made
+    scale-invariant (below). With affinity ``A`` and
     degrees ``d``, ``L = I - D^-1/2 A D^-1/2``; zero-degree nodes (dead units, pruned inputs) get a zero row
     in ``D^-1/2 A D^-1/2``, i.e. eigenvalue 1, so disconnecting units cannot lower the penalty. Lower is
     more clusterable (Filan et al., arXiv:2103.03386, §4). The default ``n_eigs = 11`` matches the default
@@ -116,8 +117,8 @@ def clusterability_penalty(
     (then it is one of the subgradients).
 
     Args:
-        weights: a model (its Linear/Conv layers in definition order, which must form a chain) or the weight
-            tensors ``[W1, W2, ...]`` in ``(out, in)`` / ``(out, in, *kernel)`` layout.
+        weights: a model (traced like :meth:`WeightGraph.from_module`: its forward must be a feed-forward
+            chain) or the weight tensors ``[W1, W2, ...]`` in ``(out, in)`` / ``(out, in, *kernel)`` layout.
         n_eigs: number of eigenvalues ``e`` after the trivial one (>= 1).
         invariant: use rescaling-invariant path-flow edges (default) or raw ``|W|``.
         include_inputs, include_outputs: keep the input-feature / output-unit nodes.
@@ -129,7 +130,7 @@ def clusterability_penalty(
     """
     if isinstance(n_eigs, bool) or not isinstance(n_eigs, int) or n_eigs < 1:
         raise ValueError(f"n_eigs must be a positive int, got {n_eigs!r}")
-    blocks = _blocks(weights, channel_norm)
+    blocks = weight_blocks(weights, channel_norm=channel_norm)
     if invariant:
         blocks = path_flow(blocks)
     if not include_inputs:
@@ -161,9 +162,30 @@ def clusterability_penalty(
     return eigs[1 : n_eigs + 1].sum()
 
 
-def _blocks(weights: nn.Module | Sequence[Tensor], channel_norm: str) -> list[Tensor]:
+# Tracing a model costs milliseconds, more than the penalty itself on a small network, and the penalty is
+# evaluated at every step: keep each model's chain while its modules stay the same objects of the same types.
+_CHAINS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, list[WeightLayer]]] = weakref.WeakKeyDictionary()
+
+
+def _chain(model: nn.Module) -> list[WeightLayer]:
+    key = tuple((id(m), type(m)) for m in model.modules())
+    cached = _CHAINS.get(model)
+    if cached is None or cached[0] != key:
+        cached = (key, trace_chain(model))
+        _CHAINS[model] = cached
+    return cached[1]
+
+
+def weight_blocks(weights: nn.Module | Sequence[Tensor], *, channel_norm: str = "l1") -> list[Tensor]:
+    """The differentiable ``(out, in)`` edge blocks that :func:`clusterability_penalty` builds its graph from.
+
+    For a model, the blocks of :meth:`WeightGraph.from_module <modscope.graph.WeightGraph.from_module>`
+    (the rule of :mod:`modscope.graph.blocks`, BatchNorm folded in) as torch tensors in the weights' dtype;
+    for weight tensors, ``|W|`` and each conv kernel slice's ``channel_norm``, checked to chain.
+    """
     if isinstance(weights, nn.Module):
-        return [unit_block(layer, channel_norm=channel_norm) for layer in weight_layers(weights)]
+        check_channel_norm(channel_norm)
+        return [layer_block(layer, channel_norm=channel_norm) for layer in _chain(weights)]
     weights = list(weights)
     if not weights:
         raise ValueError("clusterability_penalty needs at least one weight tensor")
@@ -175,7 +197,7 @@ def _blocks(weights: nn.Module | Sequence[Tensor], channel_norm: str) -> list[Te
             raise TypeError(f"weights[{i}] must be a tensor, got {type(w).__name__}")
         if w.ndim < 2:
             raise ValueError(f"weights[{i}] must be (out, in) or a conv kernel, got shape {tuple(w.shape)}")
-        block = reduce_weight(w, channel_norm)
+        block = reduce_kernel(w, channel_norm)
         if prev_out is not None and block.shape[1] != prev_out:
             raise ValueError(
                 f"weights[{i}] has {block.shape[1]} inputs but weights[{i - 1}] has {prev_out} outputs"
@@ -183,3 +205,16 @@ def _blocks(weights: nn.Module | Sequence[Tensor], channel_norm: str) -> list[Te
         prev_out = block.shape[0]
         blocks.append(block)
     return blocks
+
+
+def _penalized_weights(model: nn.Module) -> list[Tensor]:
+    # A layer pruned with torch.nn.utils.prune contributes its masked weight, not weight_orig.
+    out = []
+    for module in model.modules():
+        for pname, p in module.named_parameters(recurse=False):
+            if "weight" not in pname or p.ndim < 2:
+                continue
+            if pname.endswith("_orig") and hasattr(module, pname[: -len("_orig")] + "_mask"):
+                p = getattr(module, pname[: -len("_orig")])
+            out.append(p)
+    return out

@@ -1,0 +1,156 @@
+"""The layer-to-weight-block rule: how one weight layer of a feed-forward chain becomes edges between units.
+
+The one definition of the rule, in torch: :class:`~modscope.graph.WeightGraph` converts its blocks to numpy
+(float64), while the clusterability penalty and the clusterable initialization of :mod:`modscope.training`
+keep torch tensors and their gradients. The chain itself is found by :func:`modscope.graph.trace.trace_chain`.
+
+A weight layer with weight ``W`` gives the non-negative block ``B`` of shape ``(out_units, in_units)``
+(Filan et al., "Clusterability in Neural Networks", arXiv:2103.03386, §2):
+
+* ``Linear`` on a feature vector: ``B[j, i] = |W[j, i]|``;
+* ``Linear`` after the channel-major flatten of ``C`` channels of ``P`` positions each:
+  ``B[j, c] = || W[j, c*P : (c+1)*P] ||``, the ``channel_norm`` (``"l1"``: sum of magnitudes, ``"l2"``:
+  Euclidean norm) over the channel's positions;
+* ``Conv1d/2d/3d`` with kernel ``K`` of shape ``(out, in / groups, *k)``: ``B[j, i] = || K[j, i', ...] ||``
+  when input channel ``i`` is in output ``j``'s group (``i = g(j) * in / groups + i'``,
+  ``g(j) = j // (out / groups)``), and 0 otherwise -- a grouped convolution is block-diagonal;
+* a ``BatchNorm`` with eval statistics computes ``y_j = s_j x_j + t_j`` with
+  ``s_j = gamma_j / sqrt(var_j + eps)``. Right after the layer (nothing but identities between) it
+  multiplies row ``j`` of ``B`` by ``|s_j|``; after a nonlinearity it multiplies column ``j`` of the next
+  layer's block by ``|s_j|``; after the last nonlinearity of the network, the last block's rows. The shift
+  ``t`` (like every bias) adds no edge.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from modscope.graph.layer import check_channel_norm, reduce_kernel
+
+WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+__all__ = [
+    "BATCHNORM",
+    "WEIGHTED",
+    "WeightLayer",
+    "batchnorm_scale",
+    "expand_factor",
+    "layer_block",
+    "weight_modules",
+]
+
+
+@dataclass(frozen=True)
+class WeightLayer:
+    """One weight layer of a feed-forward chain and everything its block is read from.
+
+    Attributes:
+        name: module path of the ``Linear``/``Conv`` module.
+        module: the module itself (its ``weight`` is read when the block is computed).
+        kind: ``"linear"`` or ``"conv"``.
+        in_units, out_units: units (channels for a convolution) of the layer before and of this one.
+        spatial: flattened positions per input channel (``P`` above; 1 unless a Linear follows a flatten).
+        row_norms: BatchNorms folded into the rows, in the order they are applied.
+        col_norms: BatchNorms folded into the columns (they normalize this layer's inputs).
+    """
+
+    name: str
+    module: nn.Module
+    kind: str
+    in_units: int
+    out_units: int
+    spatial: int = 1
+    row_norms: tuple[nn.Module, ...] = ()
+    col_norms: tuple[nn.Module, ...] = ()
+
+
+def _same(t: Tensor) -> Tensor:
+    return t
+
+
+def batchnorm_scale(norm: nn.Module, read: Callable[[Tensor], Tensor] = _same) -> Tensor:
+    """``|gamma| / sqrt(running_var + eps)`` of a BatchNorm, shape ``(num_features,)``.
+
+    ``read`` is applied to each tensor read from the module (the identity keeps gradients flowing to
+    ``gamma``). Raises ``ValueError`` for a BatchNorm without running statistics.
+    """
+    if norm.running_var is None:
+        raise ValueError(
+            f"{type(norm).__name__} has no running statistics (track_running_stats=False), "
+            "so it cannot be folded into the weights"
+        )
+    scale = (read(norm.running_var) + norm.eps) ** -0.5
+    if norm.weight is not None:
+        scale = scale * read(norm.weight).abs()
+    return scale
+
+
+def _product(scales: Sequence[Tensor]) -> Tensor:
+    return functools.reduce(operator.mul, scales)
+
+
+def layer_block(
+    layer: WeightLayer, *, channel_norm: str = "l1", read: Callable[[Tensor], Tensor] = _same
+) -> Tensor:
+    """The ``(out_units, in_units)`` block of non-negative edge weights of ``layer`` (rule in the module doc).
+
+    ``read`` is applied to every tensor taken from the modules: the identity (default) keeps the block
+    differentiable in the weights and the BatchNorm ``gamma``; ``WeightGraph`` reads detached float64 copies.
+    A layer pruned with ``torch.nn.utils.prune`` contributes its masked weight.
+    """
+    check_channel_norm(channel_norm)
+    w = read(layer.module.weight)
+    if layer.kind == "linear":
+        if layer.spatial == 1:
+            block = w.abs()
+        else:  # PyTorch flattens channel-major: feature c * spatial + s belongs to channel c
+            block = reduce_kernel(w.reshape(layer.out_units, layer.in_units, layer.spatial), channel_norm)
+    else:
+        reduced = reduce_kernel(w, channel_norm)  # (out, in / groups)
+        groups = layer.module.groups
+        block = reduced if groups == 1 else torch.block_diag(*reduced.chunk(groups, dim=0))
+    if layer.col_norms:
+        block = block * _product([batchnorm_scale(n, read) for n in layer.col_norms])[None, :]
+    for norm in layer.row_norms:
+        block = block * batchnorm_scale(norm, read)[:, None]
+    return block
+
+
+def expand_factor(layer: WeightLayer, factor: Tensor) -> Tensor:
+    """Broadcast a ``(out_units, in_units)`` factor on the units to the shape of ``layer``'s weight.
+
+    The inverse direction of :func:`layer_block`: every weight entry that ``B[j, i]`` summarizes (all spatial
+    positions of channel ``i``, the whole kernel slice, the group's own inputs) gets ``factor[j, i]``.
+    """
+    w = layer.module.weight
+    if layer.kind == "linear":
+        return factor if layer.spatial == 1 else factor.repeat_interleave(layer.spatial, dim=1)
+    groups = layer.module.groups
+    per_in, per_out = layer.in_units // groups, layer.out_units // groups
+    if groups > 1:  # weight (out, in / groups): input i of output j is global input g(j) * per_in + i
+        rows = torch.arange(layer.out_units, device=factor.device)
+        cols = (rows // per_out)[:, None] * per_in + torch.arange(per_in, device=factor.device)[None, :]
+        factor = factor[rows[:, None], cols]
+    return factor.reshape(*factor.shape, *([1] * (w.ndim - 2))).expand_as(w)
+
+
+def weight_modules(model: nn.Module, names: Sequence[str] | None = None) -> list[tuple[str, nn.Module]]:
+    """``(path, module)`` of the ``Linear``/``Conv`` modules of ``model`` (definition order) or of ``names``.
+
+    Raises ``ValueError`` for a name that is not a weight layer, listing those that are.
+    """
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, WEIGHTED)]
+    if names is None:
+        return found
+    known = dict(found)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"no Linear/Conv layer named {unknown[0]!r}; weight layers are {list(known)}")
+    return [(n, known[n]) for n in names]
