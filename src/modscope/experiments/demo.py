@@ -92,11 +92,11 @@ def _lesions(run: Run, cfg: dict, partition: Any, test: tuple) -> dict:
     model, graph = _load(run)
     study = lesion_modules(
         model, graph, partition, test, n_random=cfg["n_random"], seed=cfg["seed"],
-        progress=lambda d, t: run.report("modules", d, t),
+        progress=run.report,
     )  # fmt: skip
     pairs = lesion_pairs(
         model, graph, study, test, n_random=cfg["n_random"], seed=cfg["seed"],
-        progress=lambda d, t: run.report("pairs", d, t),
+        progress=run.report,
     )  # fmt: skip
     return {"study": study.to_dict(), "pairs": [asdict(p) for p in pairs]}
 
