@@ -137,7 +137,7 @@ def _p_specialize(tab: Any, a: str, b: str) -> float | None:
     from modscope.masks import p_specialize
 
     full = min(tab.score("full", None, s) for s in (a, b))
-    return p_specialize(tab, a, b, 0.2) if full > 0.2 else None
+    return p_specialize(tab, a, b, chance=0.2) if full > 0.2 else None
 
 
 def _inside_clusters(run: Run, labels: np.ndarray) -> dict[str, float]:
@@ -146,7 +146,7 @@ def _inside_clusters(run: Run, labels: np.ndarray) -> dict[str, float]:
     from modscope.masks import MaskSet
 
     model, graph = _load(run)
-    masks = MaskSet.load(run.out / "masks.safetensors", model)
+    masks = MaskSet.load(run.out / "masks.safetensors", model=model)
     off = graph.offsets
     same = {}
     for i, layer in enumerate(graph.layers[1:]):
