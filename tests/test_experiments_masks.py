@@ -318,7 +318,7 @@ def test_addmul_unit_matches_its_files(addmul_run):
     out, result, _, _ = addmul_run
     doc = result.units["fnn-16x2-0"]
     model, _ = load_model(out / doc["model"])
-    masks = MaskSet.load(out / doc["masks"], model)
+    masks = MaskSet.load(out / doc["masks"], model=model)
     assert masks.tasks == ("control", "+", "*")
     assert doc["kept"] == {t: masks[t].kept() for t in masks.tasks}
     assert all(not n.endswith("bias") for n in masks.param_names)  # biases are not masked
