@@ -320,7 +320,7 @@ def test_addmul_unit_matches_its_files(addmul_run):
     out, result, _, _ = addmul_run
     doc = result.units["fnn-16x2-0"]
     model, _ = load_model(out / doc["model"])
-    masks = MaskSet.load(out / doc["masks"], model)
+    masks = MaskSet.load(out / doc["masks"], model=model)
     assert masks.tasks == ("control", "+", "*")
     assert doc["kept"] == {t: masks[t].kept() for t in masks.tasks}
     assert all(not n.endswith("bias") for n in masks.param_names)  # biases are not masked
@@ -336,7 +336,7 @@ def test_addmul_unit_matches_its_files(addmul_run):
         assert tab.score("full", None, op) == pytest.approx(expected)
         assert tab.get("full", None, op).n == len(y) == 10000
     defined = all(tab.score("mask", "control", op) > CHANCE for op in data.OPS)
-    expected = p_specialize(tab, "+", "*", CHANCE, reference="control") if defined else None
+    expected = p_specialize(tab, "+", "*", chance=CHANCE, reference="control") if defined else None
     assert doc["p_specialize"]["+|*"] == pytest.approx(expected)
     assert result.summary["rows"][0][:4] == [
         "FNN 42-16-16-20 #0",
@@ -450,7 +450,7 @@ def test_double_addition_unit_matches_its_files(da_run):
     assert doc["shared_layers"] == ["fc2.weight"]  # input and output layers are pair-specific
     masks = MaskSet.load(out / doc["masks"])
     assert masks.tasks == ("control", "pair 1", "pair 2")
-    assert doc["p_reuse"]["iou"] == finite(iou(masks["pair 1"], masks["pair 2"], ["fc2.weight"]).total)
+    assert doc["p_reuse"]["iou"] == finite(iou(masks["pair 1"], masks["pair 2"], layers=["fc2.weight"]).total)
     assert doc["iou"] == finite(iou(masks["pair 1"], masks["pair 2"]).to_dict())
     tab = MaskEvalTable.from_dict(doc["table"])
     ref = [tab.score("mask", "control", p) for p in ("pair 1", "pair 2")]

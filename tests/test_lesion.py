@@ -2,15 +2,18 @@
 silencing works after any activation and is undone afterwards."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+import modscope
 from modscope.cluster import spectral_partition
 from modscope.graph import WeightGraph
-from modscope.lesion import LesionStudy, lesion_modules, lesion_pairs, silenced
+from modscope.lesion import LesionStudy, PairStudy, class_accuracy, lesion_modules, lesion_pairs, silenced
+from modscope.seeding import numpy_rng
 
 WIDTH = 8  # hidden units per class
 
@@ -110,3 +113,130 @@ def test_bad_layer_is_refused():
     graph = WeightGraph.from_module(model)
     with pytest.raises(ValueError, match="not a hidden layer"), silenced(model, graph, {0: [0]}):
         pass
+
+
+@pytest.fixture(scope="module")
+def random_net():
+    """A random MLP whose modules and controls have varied, non-zero damages."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    x = torch.randn(200, 6)
+    y = model(x).argmax(1)  # the model is right on every example: damage = lost accuracy
+    graph = WeightGraph.from_module(model)
+    return model, graph, spectral_partition(graph, k=5, seed=0), (x, y)
+
+
+def test_study_records_its_settings_and_round_trips_through_a_file(study, tmp_path):
+    model, graph, data, result = study
+    settings = (result.n_random, result.alpha, result.seed, result.min_units, result.n_eval)
+    assert settings == (20, 0.05, 0, 2, 300)
+    assert result.n_classes == 3 and result.count("important") == 3
+    result.save(tmp_path / "study.json")
+    assert LesionStudy.load(tmp_path / "study.json") == result
+    pairs = lesion_pairs(model, graph, result, data, seed=4)
+    assert (pairs.n_random, pairs.seed, pairs.n_eval) == (20, 4, 300)  # n_random defaults to the study's
+    pairs.save(tmp_path / "pairs.json")
+    assert PairStudy.load(tmp_path / "pairs.json") == pairs
+    with pytest.raises(ValueError, match="not a saved LesionStudy"):
+        LesionStudy.load(tmp_path / "pairs.json")
+    with pytest.raises(FileNotFoundError):
+        LesionStudy.load(tmp_path / "missing.json")
+
+
+def test_reprs_are_one_readable_line(study):
+    model, graph, data, result = study
+    text = repr(result)
+    assert "\n" not in text and len(text) < 300
+    assert "3 modules: 3 important, 0 prunable, 0 not significant" in text and "n_random=20" in text
+    assert repr(result.modules[0]).startswith("ModuleLesion(layer=1 '0', cluster=")
+    assert "label='important'" in repr(result.modules[0])
+    pairs = lesion_pairs(model, graph, result, data, n_random=2)
+    assert repr(pairs).startswith("PairStudy(3 pairs; n_random=2")
+
+
+def test_to_frame_has_one_row_per_module_and_pair(study):
+    pd = pytest.importorskip("pandas")
+    model, graph, data, result = study
+    frame = result.to_frame()
+    assert isinstance(frame, pd.DataFrame) and len(frame) == 3
+    assert list(frame.columns[:4]) == ["layer", "layer_name", "cluster", "n_units"]
+    assert frame["label"].tolist() == ["important"] * 3 and frame["n_units"].tolist() == [WIDTH] * 3
+    for (_, row), m in zip(frame.iterrows(), result.modules):
+        assert [row[f"damage_class_{c}"] for c in range(3)] == list(m.class_damage)
+    pairs = lesion_pairs(model, graph, result, data, n_random=2).to_frame()
+    assert pairs[["a", "b"]].values.tolist() == [[0, 1], [0, 2], [1, 2]]
+    assert pairs["interaction"].abs().max() < 1e-12
+
+
+def test_to_frame_without_pandas_says_how_to_get_it(study, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pandas", None)  # makes `import pandas` raise ImportError
+    with pytest.raises(ImportError, match="pip install pandas"):
+        study[3].to_frame()
+
+
+def test_controls_come_from_the_modules_own_seed_stream(random_net):
+    model, graph, partition, data = random_net
+    full = lesion_modules(model, graph, partition, data, n_random=6, min_units=1, seed=11)
+    assert any(m.damage > 0 for m in full.modules) and any(max(m.random_damage) > 0 for m in full.modules)
+    # Known answer: the controls of a module are draws of numpy_rng(seed, "lesion", layer, cluster).
+    m = max(full.modules, key=lambda m: max(m.random_damage))
+    rng = numpy_rng(11, "lesion", m.layer, m.cluster)
+    base = class_accuracy(model, data)
+    expected = []
+    for _ in range(6):
+        with silenced(model, graph, {m.layer: rng.choice(16, len(m.units), replace=False)}):
+            expected.append(float(base.mean() - class_accuracy(model, data, n_classes=4).mean()))
+    assert list(m.random_damage) == expected
+    # ... so they do not depend on which other modules are studied.
+    big = max(len(m.units) for m in full.modules)
+    some = lesion_modules(model, graph, partition, data, n_random=6, min_units=big, seed=11)
+    assert 0 < len(some.modules) < len(full.modules)
+    by_key = {(m.layer, m.cluster): m for m in full.modules}
+    assert all(by_key[m.layer, m.cluster] == m for m in some.modules)
+    other = lesion_modules(model, graph, partition, data, n_random=6, min_units=1, seed=12)
+    assert [m.random_damage for m in other.modules] != [m.random_damage for m in full.modules]
+
+
+def test_progress_reports_modules_and_pairs(study):
+    model, graph, data, _ = study
+    calls = []
+    record = lambda *a: calls.append(a)
+    partition = spectral_partition(graph, k=3)
+    result = lesion_modules(model, graph, partition, data, n_random=3, alpha=0.3, progress=record)
+    lesion_pairs(model, graph, result, data, progress=record)
+    expected = [("modules", d, 3) for d in range(4)] + [("pairs", d, 3) for d in range(4)]
+    assert [c[:3] for c in calls] == expected
+    assert calls[3][3] == {"important": 3}
+
+
+def test_bad_arguments_are_named(study):
+    model, graph, data, result = study
+    partition = spectral_partition(graph, k=3)
+    x, y = data
+    cases = [
+        ({"n_random": 0}, "n_random"),
+        ({"min_units": 0}, "min_units"),
+        ({"alpha": 1.5}, "alpha"),
+        ({"seed": -1}, "seed"),
+        ({"seed": None}, "seed"),
+    ]
+    for kwargs, name in cases:
+        with pytest.raises(ValueError, match=name):
+            lesion_modules(model, graph, partition, data, **kwargs)
+    for bad, what in [((x, y[:-1]), "as many inputs"), ((x, y.float()), "class ids"), (x, "pair")]:
+        with pytest.raises(ValueError, match=what):
+            lesion_modules(model, graph, partition, bad)
+    with pytest.raises(TypeError):
+        lesion_modules(model, graph, partition, data, 20)  # settings are keyword-only
+    with pytest.raises(ValueError, match="eval_set the study was measured on"):
+        lesion_pairs(model, graph, result, (x[:100], y[:100]))
+    with pytest.raises(ValueError, match="another graph"):
+        lesion_pairs(model, WeightGraph.from_weights([torch.ones(2, 3), torch.ones(3, 2)]), result, data)
+
+
+def test_lesion_api_at_the_top_level():
+    for name in ("lesion_modules", "lesion_pairs", "LesionStudy", "PairStudy", "ModuleLesion", "PairLesion"):
+        assert getattr(modscope, name) is getattr(modscope.lesion, name)
+        assert name in modscope.__all__ and name in dir(modscope)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        modscope.nope  # noqa: B018

@@ -1,5 +1,7 @@
 """Mask / MaskSet: set algebra laws, save/load, masked application, model checks."""
 
+import sys
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -145,3 +147,24 @@ def test_fingerprint_tracks_weights():
     with torch.no_grad():
         b[0].weight[0, 0] += 1
     assert model_fingerprint(a, names) != model_fingerprint(b, names)
+
+
+def test_maskset_frame_and_keyword_only_load(tmp_path, monkeypatch):
+    a = Mask({"w": torch.tensor([[True, False], [True, True]]), "v": torch.zeros(3, dtype=torch.bool)})
+    ms = MaskSet({"x": a, "y": ~a})
+    ms.save(tmp_path / "m.safetensors")
+    with pytest.raises(TypeError):
+        MaskSet.load(tmp_path / "m.safetensors", net())  # the model is a keyword argument
+    assert repr(ms) == "MaskSet(x: 3/7, y: 4/7)"
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    with pytest.raises(ImportError, match="pip install pandas"):
+        ms.to_frame()
+    monkeypatch.undo()
+    pytest.importorskip("pandas")
+    frame = ms.to_frame()
+    assert frame.values.tolist() == [
+        ["x", "w", 3, 4, 0.75],
+        ["x", "v", 0, 3, 0.0],
+        ["y", "w", 1, 4, 0.25],
+        ["y", "v", 3, 3, 1.0],
+    ]

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from modscope.atomic import finite
 from modscope.cli import masks as masks_cli
 from modscope.masks import (
     Condition,
@@ -17,6 +18,9 @@ from modscope.masks import (
     Mask,
     MaskEvalTable,
     MaskSet,
+    Overlap,
+    Reuse,
+    Stability,
     evaluate_masks,
     iomin,
     iou,
@@ -118,35 +122,104 @@ def test_evaluation_table(table_and_masks):
     )  # class 1 is never predicted without its weight
     assert table.early_layers == ("0.weight",) and table.late_layers == ()
     assert table.score("late", "a", "b") == 1.0  # an empty half leaves the model full
-    again = MaskEvalTable.from_json(table.to_json())
-    assert again.to_json() == table.to_json() and again.tasks == table.tasks
-    assert p_specialize(table, "a", "b", 0.5) == 1.0
+    assert p_specialize(table, "a", "b", chance=0.5) == 1.0
     with pytest.raises(ValueError, match="unknown task 'c'"):
-        p_specialize(table, "c", "b", 0.5)
+        p_specialize(table, "c", "b", chance=0.5)
     with pytest.raises(ValueError, match="unknown evaluation set 'zz'"):
-        p_specialize(table, "a", "zz", 0.5)
+        p_specialize(table, "a", "zz", chance=0.5)
     with pytest.raises(ValueError, match="not above chance"):
-        p_specialize(table, "a", "b", 1.0)
+        p_specialize(table, "a", "b", chance=1.0)
 
 
 def test_p_reuse(table_and_masks):
     _, ms, table = table_and_masks
-    r = p_reuse(ms, "a", "b", ["0.weight"], table, chance=0.5)
+    r = p_reuse(ms, "a", "b", shared_layers=["0.weight"], table=table, chance=0.5)
     assert r.iou == 0.0 and r.iomin == 0.0 and r.functional == 1.0  # disjoint modules: no reuse
-    r2 = p_reuse(ms, "a", "a", None, None)
+    r2 = p_reuse(ms, "a", "a")
     assert r2.iou == 1.0 and math.isnan(r2.functional)
     with pytest.raises(ValueError, match="unknown task 'x'"):
-        p_reuse(ms, "x", "a", None, table)
+        p_reuse(ms, "x", "a", table=table)
 
 
 def test_custom_metric_and_errors(table_and_masks):
     net, ms, _ = table_and_masks
-    mse = evaluate_masks(net, ms, {"a": task_batches(0)}, lambda out, y: -(out**2).sum(1), tasks=["a"])
+    def neg_mse(out, y):
+        return -(out**2).sum(1)
+
+    mse = evaluate_masks(net, ms, {"a": task_batches(0)}, metric=neg_mse, tasks=["a"])
     assert mse.get("full", None, "a").per_class is None and mse.tasks == ("a",)
+    assert mse.metric == "test_custom_metric_and_errors.<locals>.neg_mse"
+    with pytest.raises(TypeError):
+        evaluate_masks(net, ms, {"a": task_batches(0)}, neg_mse)  # settings are keyword-only
     with pytest.raises(ValueError, match="unknown tasks"):
         evaluate_masks(net, ms, {"a": task_batches(0)}, tasks=["q"])
     with pytest.raises(ValueError, match="non-empty"):
         evaluate_masks(net, ms, {})
+
+
+def test_table_saves_loads_and_reads_as_a_frame(table_and_masks, tmp_path):
+    _, _, table = table_and_masks
+    assert table.metric == "accuracy"
+    table.save(tmp_path / "table.json")
+    back = MaskEvalTable.load(tmp_path / "table.json")
+    # NaN (the per-class accuracy of an absent class) is saved as null and read back as NaN
+    assert math.isnan(back.get("full", None, "a").per_class[2])
+    assert finite(back.to_dict()) == finite(table.to_dict()) and back.metric == "accuracy"
+    old = table.to_dict()
+    del old["metric"]  # a table saved before the metric was recorded
+    assert MaskEvalTable.from_dict(old).metric is None
+    (tmp_path / "other.json").write_text('{"ncut": 1}')
+    with pytest.raises(ValueError, match="not a saved MaskEvalTable"):
+        MaskEvalTable.load(tmp_path / "other.json")
+    lines = repr(table).splitlines()
+    assert lines[0] == "MaskEvalTable(metric='accuracy', tasks=['a', 'b'], early_layers=1, late_layers=0)"
+    assert lines[1].split() == ["a", "b"]
+    conditions = ["full", "a", "~a", "a[early]", "a[late]", "b", "~b", "b[early]", "b[late]"]
+    assert [line.split()[0] for line in lines[2:]] == conditions
+    assert lines[2].split()[1:] == ["1.0000", "1.0000"]
+
+
+def test_table_frame(table_and_masks):
+    pytest.importorskip("pandas")
+    _, _, table = table_and_masks
+    frame = table.to_frame()
+    assert list(frame.columns) == ["condition", "kind", "task", "eval_set", "score", "n"]
+    assert len(frame) == 2 * 9 and set(frame["n"]) == {40}
+    for row in frame.itertuples():
+        assert row.score == table.score(row.kind, row.task, row.eval_set)
+    assert frame.loc[(frame.condition == "~a") & (frame.eval_set == "b"), "score"].item() == 1.0
+    overlap = iou(table_and_masks[1]["a"], table_and_masks[1]["b"]).to_frame()
+    assert overlap.values.tolist() == [["0.weight", 0.0]]
+
+
+def test_evaluation_reports_progress(table_and_masks):
+    net, ms, _ = table_and_masks
+    calls = []
+    evaluate_masks(net, ms, {"a": task_batches(0)}, tasks=["a"], progress=lambda *a: calls.append(a))
+    assert calls == [("conditions", d, 5, {}) for d in range(6)]
+
+
+def test_overlap_stability_reuse_round_trip(table_and_masks, tmp_path):
+    _, ms, table = table_and_masks
+    results = [
+        iou(ms["a"], ms["b"]),
+        iomin(ms["a"], ms["a"]),
+        mask_stability([ms, ms, ~ms], "a"),
+        p_reuse(ms, "a", "b", table=table, chance=0.5),
+        p_reuse(ms, "a", "b"),  # functional part undefined: NaN, saved as null
+    ]
+    for i, r in enumerate(results):
+        r.save(tmp_path / f"{i}.json")
+        back = type(r).load(tmp_path / f"{i}.json")
+        assert finite(back.to_dict()) == finite(r.to_dict())
+    assert math.isnan(Reuse.load(tmp_path / "4.json").functional)
+    assert repr(results[0]) == "Overlap(total=0.0000 (0/4), per_layer={'0.weight': 0.000})"
+    assert repr(results[2]).startswith("Stability(task='a', runs=3, mean=0.3333")
+    assert repr(results[3]) == "Reuse(iou=0.0000, iomin=0.0000, functional=1.0000, layers=1)"
+    assert isinstance(Overlap.from_dict(results[1].to_dict()), Overlap)
+    assert Stability.from_dict(results[2].to_dict()) == results[2]
+    with pytest.raises(TypeError):
+        iou(ms["a"], ms["b"], ["0.weight"])  # settings are keyword-only
 
 
 # ---------------------------------------------------------------- CLI
@@ -195,17 +268,17 @@ def test_drops_from_the_control_mask_or_the_full_network():
         ("inverted", "a", "a"): 0.2, ("inverted", "a", "b"): 0.9,
         ("mask", "a", "a"): 0.85, ("mask", "a", "b"): 0.0,
     })  # fmt: skip
-    assert reference_score(tab, "a") == 1.0 and reference_score(tab, "a", "control") == 0.8
-    assert relative_drop(tab, "a", "inverted", "a", 0.0) == pytest.approx(0.8)
-    assert relative_drop(tab, "a", "inverted", "a", 0.0, reference="control") == pytest.approx(0.75)
-    assert relative_drop(tab, "b", "inverted", "a", 0.0, reference="control") == 0.0
+    assert reference_score(tab, "a") == 1.0 and reference_score(tab, "a", reference="control") == 0.8
+    assert relative_drop(tab, "a", "inverted", "a", chance=0.0) == pytest.approx(0.8)
+    assert relative_drop(tab, "a", "inverted", "a", chance=0.0, reference="control") == pytest.approx(0.75)
+    assert relative_drop(tab, "b", "inverted", "a", chance=0.0, reference="control") == 0.0
     # a mask scoring above its reference is no drop (clipped at 0), not a negative one
-    assert relative_drop(tab, "a", "mask", "a", 0.0, reference="control") == 0.0
-    assert p_specialize(tab, "a", "b", 0.0) == pytest.approx(0.8 - 0.1)
-    assert p_specialize(tab, "a", "b", 0.0, reference="control") == pytest.approx(0.75)
+    assert relative_drop(tab, "a", "mask", "a", chance=0.0, reference="control") == 0.0
+    assert p_specialize(tab, "a", "b", chance=0.0) == pytest.approx(0.8 - 0.1)
+    assert p_specialize(tab, "a", "b", chance=0.0, reference="control") == pytest.approx(0.75)
     # mask=: remove another mask's weights and read both sets (here a's mask read from b's side)
-    assert p_specialize(tab, "b", "a", 0.0, mask="a", reference="control") == pytest.approx(-0.75)
+    assert p_specialize(tab, "b", "a", chance=0.0, mask="a", reference="control") == pytest.approx(-0.75)
     with pytest.raises(ValueError, match=r"'control'-mask score on 'a' is 0\.8, not above chance 0\.9"):
-        relative_drop(tab, "a", "inverted", "a", 0.9, reference="control")
+        relative_drop(tab, "a", "inverted", "a", chance=0.9, reference="control")
     with pytest.raises(ValueError, match="unknown task 'zz'"):
-        relative_drop(tab, "a", "inverted", "a", 0.0, reference="zz")
+        relative_drop(tab, "a", "inverted", "a", chance=0.0, reference="zz")

@@ -182,7 +182,7 @@ def analyze(
     defined = above_chance(tab, data.OPS, ref)
 
     def spec_(op: str, other: str, mask: str) -> float | None:
-        return p_specialize(tab, op, other, CHANCE, mask=mask, reference=ref) if defined else None
+        return p_specialize(tab, op, other, chance=CHANCE, mask=mask, reference=ref) if defined else None
 
     shared = sharing(MaskSet({"+": plus, "*": times}))
     return {

@@ -181,7 +181,7 @@ def fmt(v: float | None) -> str:
 def above_chance(tab: MaskEvalTable, eval_sets: Sequence[str], reference: str | None) -> bool:
     """Whether the reference (the full network, or mask ``reference``) beats :data:`CHANCE` on every set:
     relative drops are undefined otherwise."""
-    return all(reference_score(tab, s, reference) > CHANCE for s in eval_sets)
+    return all(reference_score(tab, s, reference=reference) > CHANCE for s in eval_sets)
 
 
 def evaluate(model, masks: MaskSet, eval_sets: Mapping[str, tuple[Tensor, Tensor]]) -> MaskEvalTable:

@@ -140,12 +140,10 @@ def _lesions(run: Run, cfg: dict, partition: Any, test: tuple) -> dict:
     model, graph = _load(run)
     seeds = network_seeds(cfg["seed"], 0)
     study = lesion_modules(
-        model, graph, partition, test, n_random=cfg["n_random"], seed=seeds.lesion,
-        progress=lambda d, t: run.report("modules", d, t),
+        model, graph, partition, test, n_random=cfg["n_random"], seed=seeds.lesion, progress=run.report,
     )  # fmt: skip
     pairs = lesion_pairs(
-        model, graph, study, test, n_random=cfg["n_random"], seed=seeds.pairs,
-        progress=lambda d, t: run.report("pairs", d, t),
+        model, graph, study, test, n_random=cfg["n_random"], seed=seeds.pairs, progress=run.report,
     )  # fmt: skip
     return {"study": study.to_dict(), "pairs": [asdict(p) for p in pairs]}
 
@@ -186,7 +184,7 @@ def _p_specialize(tab: Any, a: str, b: str) -> float | None:
     from modscope.masks import p_specialize
 
     full = min(tab.score("full", None, s) for s in (a, b))
-    return p_specialize(tab, a, b, 0.2) if full > 0.2 else None
+    return p_specialize(tab, a, b, chance=0.2) if full > 0.2 else None
 
 
 def _inside_clusters(run: Run, labels: np.ndarray) -> dict[str, float]:
@@ -195,7 +193,7 @@ def _inside_clusters(run: Run, labels: np.ndarray) -> dict[str, float]:
     from modscope.masks import MaskSet
 
     model, graph = _load(run)
-    masks = MaskSet.load(run.out / "masks.safetensors", model)
+    masks = MaskSet.load(run.out / "masks.safetensors", model=model)
     off = graph.offsets
     same = {}
     for i, layer in enumerate(graph.layers[1:]):

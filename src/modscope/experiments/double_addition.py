@@ -183,13 +183,14 @@ def analyze(
     shared = masks.param_names[1:-1]  # the input and output layers are pair-specific
     ref = reference_mask(reference)
     defined = above_chance(tab, list(PAIRS), ref)
-    forward = p_reuse(masks, one, two, shared, tab if defined else None, chance=CHANCE, reference=ref)
-    backward = p_reuse(masks, two, one, shared, tab if defined else None, chance=CHANCE, reference=ref)
+    table = tab if defined else None
+    forward = p_reuse(masks, one, two, shared_layers=shared, table=table, chance=CHANCE, reference=ref)
+    backward = p_reuse(masks, two, one, shared_layers=shared, table=table, chance=CHANCE, reference=ref)
 
     def io_drop(removed: str, on: str) -> float | None:
         if not defined:
             return None
-        return relative_drop(tab, on, "mask", IO_FROM_CONTROL.format(removed), CHANCE, reference=ref)
+        return relative_drop(tab, on, "mask", IO_FROM_CONTROL.format(removed), chance=CHANCE, reference=ref)
 
     return {
         "table": tab.to_dict(),

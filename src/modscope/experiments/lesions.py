@@ -116,11 +116,11 @@ def _lesion_unit(run: Run, config: Mapping[str, Any], template: str, steps: int,
         run.report("clustering", 1, 1)
         study = lesion_modules(
             model, graph, partition, test, n_random=config["n_random"], min_units=config["min_units"],
-            alpha=ALPHA, seed=lesion_seed, progress=lambda d, t: run.report("modules", d, t),
+            alpha=ALPHA, seed=lesion_seed, progress=run.report,
         )  # fmt: skip
         pairs = lesion_pairs(
             model, graph, study, test, n_random=config["n_random"], seed=pair_seed,
-            progress=lambda d, t: run.report("pairs", d, t),
+            progress=run.report,
         )  # fmt: skip
         return finite(
             {

@@ -1,21 +1,22 @@
-"""Lesions of the modules the structural lens finds: importance and dependencies (SPEC §1.4)."""
+"""Lesions of the modules the structural lens finds: importance and dependencies (SPEC §1.4).
 
+:func:`lesion_modules` silences each module (the units of one hidden layer in one cluster) and tests its
+damage against random same-size lesions (:class:`LesionStudy`); :func:`lesion_pairs` tests pairs of
+important modules for interaction (:class:`PairStudy`); :func:`silenced` is the silencing itself (Filan et
+al., "Clusterability in Neural Networks", arXiv:2103.03386, §6).
+"""
+
+from modscope.lesion.pairs import lesion_pairs
+from modscope.lesion.results import LABELS, LesionStudy, ModuleLesion, PairLesion, PairStudy
 from modscope.lesion.silence import silenced
-from modscope.lesion.study import (
-    LABELS,
-    LesionStudy,
-    ModuleLesion,
-    PairLesion,
-    class_accuracy,
-    lesion_modules,
-    lesion_pairs,
-)
+from modscope.lesion.study import class_accuracy, lesion_modules
 
 __all__ = [
     "LABELS",
     "LesionStudy",
     "ModuleLesion",
     "PairLesion",
+    "PairStudy",
     "class_accuracy",
     "lesion_modules",
     "lesion_pairs",

@@ -1,13 +1,12 @@
-"""The mask-application table of SPEC §2.2 (Csordás et al. 2021, §3): every evaluation set under the full
-model, each task's mask, its inverted mask and its half-masks, with per-class accuracy and confusion matrices.
+"""The mask-application tests of SPEC §2.2 (Csordás et al. 2021, §3): every evaluation set under the full
+model, each task's mask, its inverted mask and its half-masks, with per-class accuracy and confusion matrices
+(collected in a :class:`~modscope.masks.table.MaskEvalTable`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import torch
@@ -16,111 +15,12 @@ from torch import Tensor, nn
 from modscope.masks.apply import masked_call
 from modscope.masks.mask import Mask
 from modscope.masks.maskset import MaskSet
+from modscope.masks.table import Condition, EvalResult, MaskEvalTable
+from modscope.progress import Progress, notify
 
 __all__ = ["Condition", "EvalResult", "MaskEvalTable", "evaluate_masks"]
 
-Kind = Literal["full", "mask", "inverted", "early", "late"]
-_KINDS = ("full", "mask", "inverted", "early", "late")
 Metric = Literal["accuracy"] | Callable[[Any, Tensor], Tensor]
-
-
-@dataclass(frozen=True)
-class Condition:
-    """How the model is evaluated: ``full``; ``mask`` / ``inverted`` (only / all but ``task``'s kept weights);
-    ``early`` / ``late`` (``task``'s mask on the early / late half of the masked layers, the rest full)."""
-
-    kind: Kind
-    task: str | None = None
-
-    def __str__(self) -> str:
-        return {
-            "full": "full",
-            "mask": f"{self.task}",
-            "inverted": f"~{self.task}",
-            "early": f"{self.task}[early]",
-            "late": f"{self.task}[late]",
-        }[self.kind]
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """Score of one condition on one evaluation set: mean ``score`` over ``n`` examples; with the accuracy
-    metric also ``per_class`` accuracy (``nan`` for absent classes) and ``confusion[true][predicted]``."""
-
-    condition: Condition
-    eval_set: str
-    score: float
-    n: int
-    per_class: tuple[float, ...] | None = None
-    confusion: tuple[tuple[int, ...], ...] | None = None
-
-
-@dataclass(frozen=True)
-class MaskEvalTable:
-    """All :class:`EvalResult` of :func:`evaluate_masks`; serializes to and from JSON."""
-
-    results: tuple[EvalResult, ...]
-    tasks: tuple[str, ...]
-    eval_sets: tuple[str, ...]
-    early_layers: tuple[str, ...]
-    late_layers: tuple[str, ...]
-
-    def get(self, kind: Kind, task: str | None, eval_set: str) -> EvalResult:
-        if kind not in _KINDS:
-            raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
-        if kind != "full" and task not in self.tasks:
-            raise ValueError(f"unknown task {task!r}; tasks are {list(self.tasks)}")
-        if eval_set not in self.eval_sets:
-            raise ValueError(f"unknown evaluation set {eval_set!r}; sets are {list(self.eval_sets)}")
-        want = Condition(kind, None if kind == "full" else task)
-        for r in self.results:
-            if r.condition == want and r.eval_set == eval_set:
-                return r
-        raise ValueError(f"condition {want} on {eval_set!r} was not evaluated")
-
-    def score(self, kind: Kind, task: str | None, eval_set: str) -> float:
-        return self.get(kind, task, eval_set).score
-
-    def confusion_delta(self, kind: Kind, task: str | None, eval_set: str) -> tuple[tuple[int, ...], ...]:
-        """Confusion matrix under a condition minus the full model's (the class-removal experiment)."""
-        full, other = self.get("full", None, eval_set), self.get(kind, task, eval_set)
-        if full.confusion is None or other.confusion is None:
-            raise ValueError("confusion matrices exist only with metric='accuracy' and class-valued targets")
-        return tuple(
-            tuple(b - a for a, b in zip(ra, rb, strict=True))
-            for ra, rb in zip(full.confusion, other.confusion, strict=True)
-        )
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def to_json(self, **kwargs: Any) -> str:
-        return json.dumps(self.to_dict(), **kwargs)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> MaskEvalTable:
-        results = tuple(
-            EvalResult(
-                Condition(**r["condition"]),
-                r["eval_set"],
-                r["score"],
-                r["n"],
-                None if r["per_class"] is None else tuple(r["per_class"]),
-                None if r["confusion"] is None else tuple(tuple(row) for row in r["confusion"]),
-            )
-            for r in d["results"]
-        )
-        return cls(
-            results,
-            tuple(d["tasks"]),
-            tuple(d["eval_sets"]),
-            tuple(d["early_layers"]),
-            tuple(d["late_layers"]),
-        )
-
-    @classmethod
-    def from_json(cls, text: str) -> MaskEvalTable:
-        return cls.from_dict(json.loads(text))
 
 
 def _as_args(inputs: Any) -> tuple[Tensor, ...]:
@@ -165,10 +65,11 @@ def evaluate_masks(
     model: nn.Module,
     masks: MaskSet,
     eval_sets: Mapping[str, Iterable],
-    metric: Metric = "accuracy",
     *,
+    metric: Metric = "accuracy",
     tasks: Iterable[str] | None = None,
     split: int | None = None,
+    progress: Progress | None = None,
 ) -> MaskEvalTable:
     """Evaluate every condition (full, mask X, inverted X, X on early layers, X on late layers) on every set.
 
@@ -183,9 +84,11 @@ def evaluate_masks(
         tasks: the masks to test (default all).
         split: the first ``split`` masked layers (model order) are "early", the rest "late"; default half,
             rounded up.
+        progress: ``progress(label, done, total, info)``, called as ``("conditions", done, total, {})``
+            after each condition (all evaluation sets).
 
     Returns:
-        A :class:`MaskEvalTable`.
+        A :class:`~modscope.masks.table.MaskEvalTable` recording the metric, tasks and layer split.
     """
     if not eval_sets:
         raise ValueError(f"eval_sets must be a non-empty mapping name -> batches, got {eval_sets!r}")
@@ -213,13 +116,16 @@ def evaluate_masks(
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     results = []
+    notify(progress, "conditions", 0, len(conditions))
     try:
         with torch.no_grad():
-            for cond, mask in conditions:
+            for i, (cond, mask) in enumerate(conditions):
                 for name, batches in eval_sets.items():
                     score, n, per_class, conf = _run(model, mask, batches, metric, name)
                     results.append(EvalResult(cond, name, score, n, per_class, conf))
+                notify(progress, "conditions", i + 1, len(conditions))
     finally:
         for m, mode in modes:
             m.training = mode
-    return MaskEvalTable(tuple(results), tasks, tuple(eval_sets), early, late)
+    metric_name = metric if isinstance(metric, str) else getattr(metric, "__qualname__", repr(metric))
+    return MaskEvalTable(tuple(results), tasks, tuple(eval_sets), early, late, metric=metric_name)

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from modscope.atomic import atomic_path
 from modscope.masks.mask import Mask
+from modscope.persist import data_frame
 
 __all__ = ["FORMAT", "MaskSet", "check_model", "model_fingerprint"]
 
@@ -169,7 +170,18 @@ class MaskSet(Mapping[str, Mask]):
         kept = ", ".join(f"{t}: {m.total_kept}/{m.total_size}" for t, m in self._masks.items())
         return f"MaskSet({kept})"
 
-    # Persistence
+    def to_frame(self) -> Any:
+        """One row per task and masked parameter: task, param, kept, size, fraction kept (needs pandas)."""
+        columns = ["task", "param", "kept", "size", "fraction"]
+        rows = []
+        for task, mask in self._masks.items():
+            for name, m in mask.items():
+                kept, size = int(m.sum()), m.numel()
+                fraction = kept / size if size else float("nan")
+                rows.append(dict(zip(columns, (task, name, kept, size, fraction))))
+        return data_frame(rows, columns)
+
+    # Persistence: the convention of modscope.persist (save / load), with safetensors since masks are tensors
     def save(self, path: str | os.PathLike) -> None:
         """Write to ``path`` in safetensors (atomically: a temp file then ``os.replace``).
 
@@ -197,9 +209,9 @@ class MaskSet(Mapping[str, Mask]):
             save_file(tensors, str(tmp), metadata=metadata)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, model: nn.Module | None = None) -> MaskSet:
-        """Read a file written by :meth:`save`; with ``model``, check that the masks fit it
-        (``ValueError`` if not)."""
+    def load(cls, path: str | os.PathLike, *, model: nn.Module | None = None) -> MaskSet:
+        """Read a file written by :meth:`save` (``FileNotFoundError`` if there is none, ``ValueError`` if it
+        holds something else); with ``model``, check that the masks fit it (``ValueError`` if not)."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"mask file {str(path)!r} does not exist")

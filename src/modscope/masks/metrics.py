@@ -10,11 +10,13 @@ import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from modscope.masks.mask import Mask
 from modscope.masks.maskset import MaskSet
+from modscope.persist import JsonResult, data_frame, nan_if_none
 
 __all__ = ["Overlap", "Stability", "iomin", "iou", "mask_stability", "sharing"]
 
@@ -23,23 +25,46 @@ def _ratio(num: int, den: int) -> float:
     return num / den if den else math.nan
 
 
+def _per_layer(d: Mapping[str, Any]) -> dict[str, float]:
+    return {str(k): nan_if_none(v) for k, v in d.items()}
+
+
+def _fmt(per_layer: Mapping[str, float]) -> str:
+    return "{" + ", ".join(f"{k!r}: {v:.3f}" for k, v in per_layer.items()) + "}"
+
+
 @dataclass(frozen=True)
-class Overlap:
+class Overlap(JsonResult):
     """A ratio per layer (``param name -> value``) and over all layers together (``total``, weights pooled,
-    not an average of the layers)."""
+    not an average of the layers: ``numerator / denominator``)."""
 
     per_layer: Mapping[str, float]
     total: float
     numerator: int = 0
     denominator: int = 0
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "per_layer": dict(self.per_layer),
             "total": self.total,
             "numerator": self.numerator,
             "denominator": self.denominator,
         }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Overlap:
+        total = nan_if_none(d["total"])
+        return cls(_per_layer(d["per_layer"]), total, int(d["numerator"]), int(d["denominator"]))
+
+    def to_frame(self) -> Any:
+        """One row per layer: layer, value (needs pandas)."""
+        return data_frame(({"layer": k, "value": v} for k, v in self.per_layer.items()), ["layer", "value"])
+
+    def __repr__(self) -> str:
+        return (
+            f"Overlap(total={self.total:.4f} ({self.numerator}/{self.denominator}), "
+            f"per_layer={_fmt(self.per_layer)})"
+        )
 
 
 def _layers(a: Mask, b: Mask, layers: Iterable[str] | None) -> list[str]:
@@ -62,12 +87,12 @@ def _overlap(a: Mask, b: Mask, layers: Iterable[str] | None, denominator) -> Ove
     return Overlap(per_layer, _ratio(num_total, den_total), num_total, den_total)
 
 
-def iou(a: Mask, b: Mask, layers: Iterable[str] | None = None) -> Overlap:
+def iou(a: Mask, b: Mask, *, layers: Iterable[str] | None = None) -> Overlap:
     """Intersection over union ``|A ∩ B| / |A ∪ B|`` per layer and total (over ``layers``, default all)."""
     return _overlap(a, b, layers, lambda x, y, inter: int(x.sum()) + int(y.sum()) - inter)
 
 
-def iomin(a: Mask, b: Mask, layers: Iterable[str] | None = None) -> Overlap:
+def iomin(a: Mask, b: Mask, *, layers: Iterable[str] | None = None) -> Overlap:
     """Intersection over the smaller mask ``|A ∩ B| / min(|A|, |B|)``; 1 when one contains the other.
 
     The total uses ``min(|A|, |B|)`` of the pooled layers."""
@@ -104,7 +129,7 @@ def sharing(masks: MaskSet) -> dict[str, Overlap]:
 
 
 @dataclass(frozen=True)
-class Stability:
+class Stability(JsonResult):
     """IoU of one task's masks trained with different seeds: ``pairwise[i][j]`` for runs i, j (diagonal 1),
     their mean over pairs, and the mean per layer."""
 
@@ -113,13 +138,24 @@ class Stability:
     mean: float
     per_layer: Mapping[str, float] = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "task": self.task,
             "pairwise": [list(r) for r in self.pairwise],
             "mean": self.mean,
             "per_layer": dict(self.per_layer),
         }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Stability:
+        pairwise = tuple(tuple(nan_if_none(v) for v in row) for row in d["pairwise"])
+        return cls(str(d["task"]), pairwise, nan_if_none(d["mean"]), _per_layer(d["per_layer"]))
+
+    def __repr__(self) -> str:
+        return (
+            f"Stability(task={self.task!r}, runs={len(self.pairwise)}, mean={self.mean:.4f}, "
+            f"per_layer={_fmt(self.per_layer)})"
+        )
 
 
 def mask_stability(runs: Sequence[MaskSet], task: str) -> Stability:

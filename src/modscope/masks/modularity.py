@@ -12,10 +12,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from modscope.masks.evaluate import Kind, MaskEvalTable
 from modscope.masks.maskset import MaskSet
 from modscope.masks.metrics import iomin, iou
+from modscope.masks.table import Kind, MaskEvalTable
+from modscope.persist import JsonResult, nan_if_none
 
 __all__ = ["Reuse", "p_reuse", "p_specialize", "reference_score", "relative_drop"]
 
@@ -30,7 +32,7 @@ def _chance(chance: Chance, eval_set: str) -> float:
     return float(chance)
 
 
-def reference_score(table: MaskEvalTable, eval_set: str, reference: str | None = None) -> float:
+def reference_score(table: MaskEvalTable, eval_set: str, *, reference: str | None = None) -> float:
     """The score drops are measured from: the full network (``reference=None``) or mask ``reference``."""
     if reference is None:
         return table.score("full", None, eval_set)
@@ -42,15 +44,15 @@ def relative_drop(
     eval_set: str,
     kind: Kind,
     task: str | None,
-    chance: Chance,
     *,
+    chance: Chance,
     reference: str | None = None,
 ) -> float:
     """``d_T(m)`` for T = ``eval_set`` and m = condition ``(kind, task)``, in [0, 1].
 
     ``reference``: ``None`` (the full network) or the name of the mask whose score is the reference, e.g.
     ``"control"``. ``ValueError`` when the reference is not above chance (the drop is undefined)."""
-    ref = reference_score(table, eval_set, reference)
+    ref = reference_score(table, eval_set, reference=reference)
     c = _chance(chance, eval_set)
     if not ref > c:
         what = "full-model" if reference is None else f"{reference!r}-mask"
@@ -64,8 +66,8 @@ def p_specialize(
     table: MaskEvalTable,
     a: str,
     b: str,
-    chance: Chance,
     *,
+    chance: Chance,
     mask: str | None = None,
     reference: str | None = None,
 ) -> float:
@@ -81,13 +83,13 @@ def p_specialize(
     ):
         if name not in where:
             raise ValueError(f"unknown {what} {name!r}; the table has {list(where)}")
-    return relative_drop(table, a, "inverted", mask, chance, reference=reference) - relative_drop(
-        table, b, "inverted", mask, chance, reference=reference
+    return relative_drop(table, a, "inverted", mask, chance=chance, reference=reference) - relative_drop(
+        table, b, "inverted", mask, chance=chance, reference=reference
     )
 
 
 @dataclass(frozen=True)
-class Reuse:
+class Reuse(JsonResult):
     """P_reuse of two instances of one function (SPEC §2.2): structural = IoU and IoMin of their masks over
     the shared layers (low = separate weights, no reuse); functional = ``1 - d_A2(not A1)``, the share of
     A2's performance that survives removing A1's weights (``nan`` without a table). Read the functional
@@ -100,7 +102,7 @@ class Reuse:
     layers: tuple[str, ...] = field(default_factory=tuple)
     iou_per_layer: Mapping[str, float] = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "iou": self.iou,
             "iomin": self.iomin,
@@ -109,14 +111,30 @@ class Reuse:
             "iou_per_layer": dict(self.iou_per_layer),
         }
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Reuse:
+        return cls(
+            nan_if_none(d["iou"]),
+            nan_if_none(d["iomin"]),
+            nan_if_none(d["functional"]),
+            tuple(d["layers"]),
+            {str(k): nan_if_none(v) for k, v in d["iou_per_layer"].items()},
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Reuse(iou={self.iou:.4f}, iomin={self.iomin:.4f}, functional={self.functional:.4f}, "
+            f"layers={len(self.layers)})"
+        )
+
 
 def p_reuse(
     masks: MaskSet,
     a1: str,
     a2: str,
-    shared_layers: Iterable[str] | None,
-    table: MaskEvalTable | None,
     *,
+    shared_layers: Iterable[str] | None = None,
+    table: MaskEvalTable | None = None,
     chance: Chance = 0.0,
     reference: str | None = None,
 ) -> Reuse:
@@ -132,7 +150,7 @@ def p_reuse(
     layers = tuple(masks.param_names if shared_layers is None else shared_layers)
     if not layers:
         raise ValueError("shared_layers is empty: no layer to compare")
-    structural = iou(masks[a1], masks[a2], layers)
+    structural = iou(masks[a1], masks[a2], layers=layers)
     functional = math.nan
     if table is not None:
         if a1 not in table.tasks or a2 not in table.eval_sets:
@@ -140,10 +158,10 @@ def p_reuse(
                 f"the table needs mask {a1!r} (has {list(table.tasks)}) and evaluation set {a2!r} "
                 f"(has {list(table.eval_sets)})"
             )
-        functional = 1.0 - relative_drop(table, a2, "inverted", a1, chance, reference=reference)
+        functional = 1.0 - relative_drop(table, a2, "inverted", a1, chance=chance, reference=reference)
     return Reuse(
         structural.total,
-        iomin(masks[a1], masks[a2], layers).total,
+        iomin(masks[a1], masks[a2], layers=layers).total,
         functional,
         layers,
         dict(structural.per_layer),
