@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from modscope.atomic import finite, write_json_atomic
+from modscope.atomic import finite, remove_stale_temps, write_json_atomic
 
 __all__ = ["Progress", "Run"]
 
@@ -86,6 +86,7 @@ class Run:
                     f"{what} differ; use another --out or --fresh"
                 )
             self._seconds_before = float(old.get("seconds", 0.0))
+            remove_stale_temps(self.out, recursive=True)  # what writes killed by SIGKILL left
         else:
             self.out.mkdir(parents=True, exist_ok=True)
             self._seconds_before = 0.0
