@@ -128,32 +128,35 @@ def _unlink(path: Path) -> bool:
     return True
 
 
-def check_writable(path: str | os.PathLike, *, name: str) -> Path:
+def check_writable(path: str | os.PathLike, *, name: str, folder: bool = False) -> Path:
     """``path`` as a ``Path`` if a file can be written there, else a one-line error naming ``name``.
 
     Call it before a long computation whose result goes to ``path``: the folder must exist or be
-    creatable (its nearest existing ancestor a writable folder) and ``path`` must not be a folder. Nothing
-    is created.
+    creatable (its nearest existing ancestor a writable folder) and ``path`` must not be a folder -- or,
+    with ``folder=True``, ``path`` is the folder to write into and must not be a file. Nothing is created.
 
     Raises:
-        IsADirectoryError: ``path`` is an existing folder.
-        NotADirectoryError: a component of the folder is a file.
+        IsADirectoryError: ``path`` is an existing folder (``folder=False``).
+        NotADirectoryError: ``path`` (``folder=True``) or a component of its folder is a file.
         PermissionError: the folder (or the ancestor it would be created in) is not writable.
         ValueError: an empty path.
     """
     if os.fspath(path) == "":
         raise ValueError(f"{name}: empty path")
     path = Path(path)
-    if path.is_dir():
+    if folder and path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{name} '{path}' is a file, not a folder")
+    if not folder and path.is_dir():
         raise IsADirectoryError(f"{name} '{path}' is a folder; give a file path")
-    folder = path.absolute().parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise NotADirectoryError(f"{name} '{path}': '{folder}' is a file, not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        created = "" if folder == path.absolute().parent else " (where its folder would be created)"
-        raise PermissionError(f"{name} '{path}': folder '{folder}'{created} is not writable")
+    where = path.absolute() if folder else path.absolute().parent
+    existing = where
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{name} '{path}': '{existing}' is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        created = "" if existing == where else " (where its folder would be created)"
+        raise PermissionError(f"{name} '{path}': folder '{existing}'{created} is not writable")
     return path
 
 
