@@ -142,7 +142,17 @@ def trace_layers(
     """Layers and ``(out, in)`` edge blocks of ``model``'s feed-forward chain."""
     if not isinstance(model, nn.Module):
         raise GraphError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(model, (*_WEIGHTED, *_BATCHNORM)):  # fx would trace its forward's use of self.weight
+        raise GraphError(
+            f"the model is a bare {type(model).__name__} layer; wrap it as a network of one layer, "
+            "nn.Sequential(model)"
+        )
     for name, p in list(model.named_parameters()) + list(model.named_buffers()):
+        if p.is_meta:
+            raise GraphError(
+                f"parameter '{name}' is on the meta device (a shape without values): load or initialize "
+                "the weights first, e.g. model.to_empty(device='cpu') then load_state_dict"
+            )
         if p.is_floating_point() and not torch.all(torch.isfinite(p)):
             raise GraphError(f"parameter '{name}' has non-finite values (NaN or inf)")
     try:
@@ -330,18 +340,21 @@ def _flatten(units: _Units) -> _Units:
 
 def _check_flattens(gm: fx.GraphModule, input_shape: Sequence[int]) -> None:
     """Run the model once on zeros and check that each view/reshape/flatten gives ``(batch, features)``."""
-    from torch.fx.passes.shape_prop import ShapeProp
-
     shape = tuple(int(s) for s in input_shape)
     if not shape or any(s <= 0 for s in shape):
         raise GraphError(f"input_shape must be positive sizes without the batch dimension, got {input_shape}")
     was_training = gm.training
     gm.eval()
+    run = _Shapes(gm)
     try:
         with torch.no_grad():
-            ShapeProp(gm).propagate(torch.zeros((2, *shape)))
+            run.run(torch.zeros((2, *shape)))
     except Exception as exc:
-        raise GraphError(f"the model does not accept inputs of shape {shape}: {exc}") from exc
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        where = f"{_where(run.node, gm)} fails ({reason})" if run.node is not None else reason
+        raise GraphError(
+            f"the model does not accept inputs of shape {shape}: {where}; {_expected_input(gm)}"
+        ) from None
     finally:
         gm.train(was_training)
     for node in gm.graph.nodes:
@@ -350,9 +363,40 @@ def _check_flattens(gm: fx.GraphModule, input_shape: Sequence[int]) -> None:
             or (node.op == "call_function" and node.target in _FLATTEN_FUNCTIONS)
             or (node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.Flatten))
         )
-        meta = node.meta.get("tensor_meta")
-        if is_flatten and meta is not None and (len(meta.shape) != 2 or meta.shape[0] != 2):
+        out = run.shapes.get(node)
+        if is_flatten and out is not None and (len(out) != 2 or out[0] != 2):
             raise GraphError(
-                f"{_where(node, gm)} reshapes to {tuple(meta.shape)}; only a flatten to (batch, features) "
-                "is supported"
+                f"{_where(node, gm)} reshapes to {out}; only a flatten to (batch, features) is supported"
             )
+
+
+class _Shapes(fx.Interpreter):
+    """Runs the traced model, recording each node's output shape and the node being run (for errors).
+
+    torch's ``ShapeProp`` would do the first, but prints a full traceback to stderr on any error."""
+
+    extra_traceback = False  # keep the exception's message to its own first line
+
+    def __init__(self, gm: fx.GraphModule):
+        super().__init__(gm)
+        self.shapes: dict[fx.Node, tuple[int, ...]] = {}
+        self.node: fx.Node | None = None
+
+    def run_node(self, n: fx.Node):
+        self.node = n
+        out = super().run_node(n)
+        if isinstance(out, torch.Tensor):
+            self.shapes[n] = tuple(out.shape)
+        return out
+
+
+def _expected_input(gm: fx.GraphModule) -> str:
+    """What the first weight layer takes, as a hint for the input shape."""
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), _WEIGHTED):
+            module = gm.get_submodule(node.target)
+            if isinstance(module, nn.Linear):
+                return f"its first layer {_where(node, gm)} takes {module.in_features} input features"
+            dims = {nn.Conv1d: "L", nn.Conv2d: "HxW", nn.Conv3d: "DxHxW"}[type(module)]
+            return f"its first layer {_where(node, gm)} takes {module.in_channels}x{dims} inputs"
+    return "it has no Linear or Conv layer"
