@@ -9,7 +9,16 @@ import torch
 from safetensors.torch import save_file
 
 import modscope.models.io as io
-from modscope.models import FORMAT, FORMAT_KEY, SPEC_KEY, SpecError, build_model, load_model, parse_spec
+from modscope.models import (
+    FORMAT,
+    FORMAT_KEY,
+    SPEC_KEY,
+    SpecError,
+    build_model,
+    load_model,
+    parse_spec,
+    save_model,
+)
 from modscope.models.build import state_shapes
 from modscope.models.spec import MAX_LAYERS
 
@@ -78,3 +87,14 @@ def test_too_many_layers_is_a_spec_error(spec):
 def test_bad_seed_names_the_parameter(seed):
     with pytest.raises(ValueError, match=r"^seed must be a non-negative int"):
         build_model("mlp:4-3-2", seed=seed)
+
+
+def test_saving_a_meta_device_model_is_named(tmp_path):
+    with torch.device("meta"):
+        model = torch.nn.Sequential()
+        model.add_module("fc1", torch.nn.Linear(4, 3))
+        model.add_module("act1", torch.nn.ReLU())
+        model.add_module("out", torch.nn.Linear(3, 2))
+    with pytest.raises(ValueError, match=r"^fc1.weight, fc1.bias, out.weight, out.bias are on the meta dev"):
+        save_model(model, "mlp:4-3-2", tmp_path / "m.safetensors")
+    assert list(tmp_path.iterdir()) == []

@@ -56,6 +56,9 @@ def save_model(
     spec = normalize_spec(spec)
     state = model.state_dict()
     _check_fits(_shapes(state), state_shapes(spec), f"the weights of {type(model).__name__}", spec)
+    empty = [k for k, v in state.items() if v.is_meta]
+    if empty:
+        raise ValueError(f"{_few(empty)} are on the meta device (shapes without values): no weights to save")
     metadata = {FORMAT_KEY: FORMAT, SPEC_KEY: json.dumps(spec, sort_keys=True)}
     if extra_metadata is not None:
         try:
