@@ -68,16 +68,23 @@ def test_temp_file_of_a_killed_writer_is_removed_by_the_next_write(tmp_path):
     assert os.listdir(tmp_path) == ["r.json"]
 
 
-def test_live_writers_temp_files_are_kept(tmp_path):
-    from modscope.atomic import _HOST
+def _host_tag(folder) -> str:
+    """The host part of the temp files' names on this machine (``.NAME.PID@HOST.XXXXXXXX.tmp``)."""
+    with atomic_path(folder / "probe") as tmp:
+        tag = tmp.name.split(".")[2].split("@")[1]
+    (folder / "probe").unlink()
+    return tag
 
+
+def test_live_writers_temp_files_are_kept(tmp_path):
+    host = _host_tag(tmp_path)
     target = tmp_path / "r.json"
     with atomic_path(target) as mine:  # this process is writing it
         mine.write_text("x")
         assert remove_stale_temps(tmp_path) == []
         write_json_atomic(target, [1])  # a second writer of the same target in this process
         assert mine.exists()
-    other_host = tmp_path / f".r.json.1@{'0' * 8 if _HOST != '0' * 8 else '1' * 8}.abcdefgh.tmp"
+    other_host = tmp_path / f".r.json.1@{'0' * 8 if host != '0' * 8 else '1' * 8}.abcdefgh.tmp"
     other_host.write_text("")
     unrelated = tmp_path / ".cache.tmp"
     unrelated.write_text("")
@@ -86,11 +93,10 @@ def test_live_writers_temp_files_are_kept(tmp_path):
 
 
 def test_recursive_clean_and_old_style_names(tmp_path):
-    from modscope.atomic import _HOST
-
+    host = _host_tag(tmp_path)
     sub = tmp_path / "units"
     sub.mkdir()
-    dead = sub / f".a.json.{2**22 + 12345}@{_HOST}.abcd_123.tmp"  # above Linux's pid_max: never running
+    dead = sub / f".a.json.{2**22 + 12345}@{host}.abcd_123.tmp"  # above Linux's pid_max: never running
     legacy = tmp_path / ".b.safetensors.k3j_9x2q.tmp"  # before the pid was in the name
     for p in (dead, legacy):
         p.write_text("")
@@ -142,12 +148,12 @@ def test_check_writable_asks_the_os(tmp_path, monkeypatch):
 
 
 def test_resuming_a_run_folder_removes_what_killed_writes_left(tmp_path):
-    from modscope.atomic import _HOST
     from modscope.experiments.run import Run
 
+    host = _host_tag(tmp_path)
     Run(tmp_path, "x", "quick", {"a": 1})
     (tmp_path / "checkpoints").mkdir()
-    dead = tmp_path / "checkpoints" / f".net-0.train.pt.{2**22 + 1}@{_HOST}.abcdefgh.tmp"
+    dead = tmp_path / "checkpoints" / f".net-0.train.pt.{2**22 + 1}@{host}.abcdefgh.tmp"
     dead.write_bytes(b"half a checkpoint")
     Run(tmp_path, "x", "quick", {"a": 1})
     assert not dead.exists()
