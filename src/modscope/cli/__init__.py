@@ -23,6 +23,28 @@ class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
 
+def check_output(path: str | None, *, name: str, image: bool = False, folder: bool = False) -> None:
+    """Refuse, before any work, an output path of option ``name`` that could not be written at the end.
+
+    ``image``: also a file suffix matplotlib cannot write (``.png``, ``.pdf``, ``.svg``, ... ; none: PNG).
+    ``folder``: ``path`` is a folder to write into (see :func:`modscope.atomic.check_writable`).
+    """
+    from pathlib import Path
+
+    from modscope.atomic import check_writable
+
+    if path is None:
+        return
+    check_writable(path, name=name, folder=folder)
+    suffix = Path(path).suffix.lstrip(".").lower()
+    if image and suffix and not folder:
+        from matplotlib.backend_bases import FigureCanvasBase
+
+        formats = FigureCanvasBase.get_supported_filetypes()
+        if suffix not in formats:
+            raise CLIError(f"{name} '{path}': matplotlib cannot write .{suffix} images ({sorted(formats)})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modscope",

@@ -120,10 +120,16 @@ def _shape(text: str) -> tuple[int, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from modscope.cli import check_output
     from modscope.cluster import clusterability
     from modscope.graph import WeightGraph
     from modscope.models import resolve_model, spec_input_shape, spec_to_string
+    from modscope.seeding import check_seed
 
+    check_output(args.json, name="--json")
+    check_output(args.plot, name="--plot", image=True)
+    check_seed(args.seed, "--seed")
+    check_seed(args.init_seed, "--init-seed")
     model, spec = resolve_model(args.model, arch=args.arch, seed=args.init_seed)
     random_init = not Path(args.model).is_file()
     input_shape = args.input_shape or spec_input_shape(spec)

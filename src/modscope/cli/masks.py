@@ -13,10 +13,42 @@ from modscope.masks.mask import Mask
 __all__ = ["compare_table", "register"]
 
 
+def _load(text: str) -> MaskSet:
+    """``MaskSet.load``, with a clear error for a folder or a model file given instead of a mask file."""
+    path = Path(text)
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.safetensors"))
+        inside = f"it holds {', '.join(found[:5])}{', ...' if len(found) > 5 else ''}" if found else ""
+        raise ValueError(
+            f"{text!r} is a folder, not a mask file ({inside or 'no .safetensors in it'}); "
+            f"give the files, e.g. {text}/*.safetensors"
+        )
+    try:
+        return MaskSet.load(path)
+    except ValueError:
+        if _is_model_file(path):
+            raise ValueError(
+                f"{text!r} is a modscope model file, not a mask file (mask files are written by MaskSet.save)"
+            ) from None
+        raise
+
+
+def _is_model_file(path: Path) -> bool:
+    from safetensors import safe_open
+
+    from modscope.models import FORMAT, FORMAT_KEY
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get(FORMAT_KEY) == FORMAT
+    except Exception:  # not safetensors at all: MaskSet.load's message stands
+        return False
+
+
 def _load_all(paths: list[str]) -> dict[str, Mask]:
     """``label -> mask``: ``task`` for one file, ``file:task`` for several."""
     out: dict[str, Mask] = {}
-    sets = [(Path(p), MaskSet.load(p)) for p in paths]
+    sets = [(Path(p), _load(p)) for p in paths]
     shapes = sets[0][1].shapes
     for path, ms in sets:
         if ms.shapes != shapes:
@@ -77,6 +109,10 @@ def _compare(args: argparse.Namespace) -> int:
 def _plot(args: argparse.Namespace) -> int:
     import matplotlib
 
+    from modscope.atomic import atomic_path
+    from modscope.cli import check_output
+
+    check_output(args.out, name="--out", image=True)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -104,9 +140,8 @@ def _plot(args: argparse.Namespace) -> int:
         ax.legend(fontsize=8)
     fig.tight_layout()
     out = Path(args.out)
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"output folder {str(out.parent)!r} does not exist")
-    fig.savefig(out, dpi=120)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=120, format=out.suffix.lstrip(".").lower() or "png")
     plt.close(fig)
     print(f"wrote {out}")
     return 0

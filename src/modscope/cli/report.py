@@ -38,7 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from modscope.cli import check_output
     from modscope.report import write_report
 
+    check_output(args.out, name="--out")
     print(write_report(args.results, args.out, model=args.model))
     return 0

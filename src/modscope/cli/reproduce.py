@@ -78,6 +78,7 @@ def _common(p: argparse.ArgumentParser, default_out: str | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from modscope.cli import check_output
     from modscope.experiments import experiment_config, reproduce
 
     overrides = dict(args.overrides)
@@ -86,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     label = args.setting if not overrides else "custom"
     out = Path(args.out or f"runs/{args.name}-{label}")
+    check_output(str(out), name="--out", folder=True)
     with bars(disable=args.no_progress) as progress:
         try:
             result = reproduce(args.name, out, setting=args.setting, overrides=overrides, fresh=args.fresh,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 
+from modscope.cli import check_output
 from modscope.cli.progress import bars
 
 
@@ -61,9 +62,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from modscope.models import spec_to_string
+    from modscope.seeding import check_seed
     from modscope.training import save_trained
     from modscope.training.recipes import run_recipe
 
+    check_output(args.out, name="--out")
+    if args.checkpoint:
+        check_output(f"{args.checkpoint}.train.pt", name="--checkpoint")
+    check_seed(args.seed, "--seed")
     with bars(disable=args.no_progress) as progress:
         model, spec, results, config = run_recipe(
             args.recipe, dataset=args.dataset, dropout=args.dropout, prune=args.prune, l1=args.l1,

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from modscope.seeding import check_seed
+
 __all__ = [
     "ADDMUL_INPUT_DIM",
     "DOUBLE_ADDITION_INPUT_DIM",
@@ -55,7 +57,7 @@ def heldout_pairs(test_fraction: float = 0.1, seed: int = 0) -> np.ndarray:
     if not 0.0 <= test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
     n_test = round(test_fraction * _N_PAIRS)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed, "seed"))
     mask = np.zeros(_N_PAIRS, dtype=bool)
     mask[rng.choice(_N_PAIRS, size=n_test, replace=False)] = True
     return mask.reshape(100, 100)
@@ -182,7 +184,7 @@ def double_addition(
     enc = torch.cat([_digits_onehot(a), _digits_onehot(b)], dim=1)
     tgt = _digits((a + b) % 100)
     if pair is None:
-        perm = torch.from_numpy(np.random.default_rng([seed, 1]).permutation(n))
+        perm = torch.from_numpy(np.random.default_rng([check_seed(seed, "seed"), 1]).permutation(n))
         x = torch.cat([enc, enc[perm]], dim=1)
         y = torch.cat([tgt, tgt[perm]], dim=1)
         return TensorDataset(x, y)

@@ -32,6 +32,7 @@ from torch.utils.data import TensorDataset
 
 from modscope.data.cifar import read_cifar_batch
 from modscope.data.idx import read_idx
+from modscope.seeding import check_seed
 
 __all__ = ["IMAGE_SETS", "image_search_paths", "load_images"]
 
@@ -192,7 +193,7 @@ def _load_digits(train: bool, seed: int, test_fraction: float) -> TensorDataset:
     bunch = load_digits()
     x = np.asarray(bunch.data, dtype=np.float32).reshape(-1, 1, 8, 8) / 16.0
     y = np.asarray(bunch.target, dtype=np.int64)
-    perm = np.random.default_rng(seed).permutation(len(y))
+    perm = np.random.default_rng(check_seed(seed, "seed")).permutation(len(y))
     n_test = round(test_fraction * len(y))
     idx = np.sort(perm[n_test:] if train else perm[:n_test])
     return TensorDataset(torch.from_numpy(x[idx]), torch.from_numpy(y[idx]))

@@ -29,6 +29,7 @@ from functools import cache
 import numpy as np
 
 from modscope.data.vocab import Vocab
+from modscope.seeding import check_seed
 
 __all__ = [
     "ACTIONS",
@@ -163,7 +164,7 @@ def scan_split(
     if split == "simple":
         if not 0.0 < test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-        perm = np.random.default_rng(seed).permutation(len(pairs))
+        perm = np.random.default_rng(check_seed(seed, "seed")).permutation(len(pairs))
         n_test = round(test_fraction * len(pairs))
         return [pairs[i] for i in perm[n_test:]], [pairs[i] for i in perm[:n_test]]
     if split == "length":

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from modscope.data.views import dataset_labels
+from modscope.seeding import check_seed
 
 __all__ = ["POLYNOMIALS", "halves", "line", "poly"]
 
@@ -45,7 +46,7 @@ def line(n: int, size: int = 28, seed: int = 0, max_lines: int = 9) -> TensorDat
         raise ValueError("n, size and max_lines must be non-negative (size >= 1)")
     if size < 2 * max_lines - 1:
         raise ValueError(f"size={size} cannot hold {max_lines} non-adjacent lines")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed, "seed"))
     counts = rng.integers(0, max_lines + 1, size=n)
     x = np.zeros((n, 1, size, size), dtype=np.float32)
     for i, k in enumerate(counts):
@@ -76,7 +77,7 @@ def poly(n: int, seed: int = 0, noise: float = 0.0) -> TensorDataset:
     """
     if n < 0 or noise < 0:
         raise ValueError("n and noise must be non-negative")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed, "seed"))
     x = rng.uniform(-1.0, 1.0, size=(n, 2))
     y = np.stack(
         [sum(c * x[:, 0] ** i * x[:, 1] ** j for (i, j), c in p.items()) for p in POLYNOMIALS], axis=1
@@ -135,7 +136,7 @@ def halves(
         raise ValueError(
             f"halves needs base images (N, C, H, W) with even H and W, got {tuple(images.shape)}"
         )
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed, "seed"))
     n_base = len(labels)
     i = rng.integers(0, n_base, size=n)
     if rule == "same" and p_same is not None:

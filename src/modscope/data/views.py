@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
+from modscope.seeding import check_seed
+
 __all__ = ["PermutedView", "class_subset", "dataset_labels", "permuted"]
 
 
@@ -100,6 +102,7 @@ def permuted(
     example. Shapes and dtypes are those of ``dataset``. View ``k``'s permutation depends on ``seed`` and
     ``k`` only, so a longer sequence extends a shorter one with the same seed.
     """
+    seed = check_seed(seed, "seed")
     if n_permutations < 1:
         raise ValueError(f"n_permutations must be >= 1, got {n_permutations}")
     n = _feature_count(dataset)

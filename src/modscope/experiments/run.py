@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from modscope.atomic import finite, write_json_atomic
+from modscope.atomic import finite, remove_stale_temps, write_json_atomic
 
 __all__ = ["Progress", "Run"]
 
@@ -96,6 +96,7 @@ class Run:
                 raise ValueError(f"{marker} is corrupt (seconds {seconds!r}); use a new folder or --fresh")
             self._seconds_before = float(seconds)
             self._claimed = True
+            remove_stale_temps(self.out, recursive=True)  # what writes killed by SIGKILL left
         else:
             self._seconds_before = 0.0
 

@@ -121,18 +121,21 @@ def where(node: fx.Node, gm: fx.GraphModule) -> str:
 
 def check_flattens(gm: fx.GraphModule, input_shape: Sequence[int]) -> None:
     """Run the model once on zeros and check that each view/reshape/flatten gives ``(batch, features)``."""
-    from torch.fx.passes.shape_prop import ShapeProp
-
     shape = tuple(int(s) for s in input_shape)
     if not shape or any(s <= 0 for s in shape):
         raise GraphError(f"input_shape must be positive sizes without the batch dimension, got {input_shape}")
     was_training = gm.training
     gm.eval()
+    run = _Shapes(gm)
     try:
         with torch.no_grad():
-            ShapeProp(gm).propagate(torch.zeros((2, *shape)))
+            run.run(torch.zeros((2, *shape)))
     except Exception as exc:
-        raise GraphError(f"the model does not accept inputs of shape {shape}: {exc}") from exc
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        at = f"{where(run.node, gm)} fails ({reason})" if run.node is not None else reason
+        raise GraphError(
+            f"the model does not accept inputs of shape {shape}: {at}; {_expected_input(gm)}"
+        ) from None
     finally:
         gm.train(was_training)
     for node in gm.graph.nodes:
@@ -141,9 +144,40 @@ def check_flattens(gm: fx.GraphModule, input_shape: Sequence[int]) -> None:
             or (node.op == "call_function" and node.target in FLATTEN_FUNCTIONS)
             or (node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.Flatten))
         )
-        meta = node.meta.get("tensor_meta")
-        if is_flatten and meta is not None and (len(meta.shape) != 2 or meta.shape[0] != 2):
+        out = run.shapes.get(node)
+        if is_flatten and out is not None and (len(out) != 2 or out[0] != 2):
             raise GraphError(
-                f"{where(node, gm)} reshapes to {tuple(meta.shape)}; only a flatten to (batch, features) "
-                "is supported"
+                f"{where(node, gm)} reshapes to {out}; only a flatten to (batch, features) is supported"
             )
+
+
+class _Shapes(fx.Interpreter):
+    """Runs the traced model, recording each node's output shape and the node being run (for errors).
+
+    torch's ``ShapeProp`` would do the first, but prints a full traceback to stderr on any error."""
+
+    extra_traceback = False  # keep the exception's message to its own first line
+
+    def __init__(self, gm: fx.GraphModule):
+        super().__init__(gm)
+        self.shapes: dict[fx.Node, tuple[int, ...]] = {}
+        self.node: fx.Node | None = None
+
+    def run_node(self, n: fx.Node):
+        self.node = n
+        out = super().run_node(n)
+        if isinstance(out, torch.Tensor):
+            self.shapes[n] = tuple(out.shape)
+        return out
+
+
+def _expected_input(gm: fx.GraphModule) -> str:
+    """What the first weight layer takes, as a hint for the input shape."""
+    for node in gm.graph.nodes:
+        module = gm.get_submodule(node.target) if node.op == "call_module" else None
+        if isinstance(module, nn.Linear):
+            return f"its first layer {where(node, gm)} takes {module.in_features} input features"
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            dims = {nn.Conv1d: "L", nn.Conv2d: "HxW", nn.Conv3d: "DxHxW"}[type(module)]
+            return f"its first layer {where(node, gm)} takes {module.in_channels}x{dims} inputs"
+    return "it has no Linear or Conv layer"

@@ -42,7 +42,17 @@ def trace_layers(
     """Layers and float64 ``(out, in)`` edge blocks of ``model``'s feed-forward chain (for WeightGraph)."""
     if not isinstance(model, nn.Module):
         raise GraphError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(model, (*WEIGHTED, *BATCHNORM)):  # fx would trace its forward's use of self.weight
+        raise GraphError(
+            f"the model is a bare {type(model).__name__} layer; wrap it as a network of one layer, "
+            "nn.Sequential(model)"
+        )
     for name, p in list(model.named_parameters()) + list(model.named_buffers()):
+        if p.is_meta:
+            raise GraphError(
+                f"parameter '{name}' is on the meta device (a shape without values): load or initialize "
+                "the weights first, e.g. model.to_empty(device='cpu') then load_state_dict"
+            )
         if p.is_floating_point() and not torch.all(torch.isfinite(p)):
             raise GraphError(f"parameter '{name}' has non-finite values (NaN or inf)")
     layers, chain = _trace(model, input_shape)
@@ -228,4 +238,3 @@ def _flatten(units: _Units) -> _Units:
     if units.channels is None or units.flat:
         return _Units(units.layer, units.channels, units.flat, units.foldable, units.col_norms)
     return _Units(units.layer, units.channels, True, units.foldable, units.col_norms)
-

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from modscope.atomic import check_writable
 from modscope.checkpoint import load_checkpoint, save_checkpoint
 from modscope.masks.forward import grouped_forward, vmap_supported
 from modscope.masks.maskset import MaskSet, model_fingerprint
@@ -196,6 +197,8 @@ def train_masks(
             run.
     """
     _validate(tasks, steps, beta, lr, samples, batch_size, method)
+    if checkpoint is not None:  # before any work: a typo must not cost the run
+        check_writable(checkpoint, name="checkpoint")
     names = select_parameters(model, include)
     params = dict(model.named_parameters())
     shapes = [tuple(params[n].shape) for n in names]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import numbers
+import os
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
@@ -10,9 +10,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from modscope.models.spec import VGG_CONFIGS, normalize_spec
+from modscope.models.spec import VGG_CONFIGS, normalize_spec, spec_to_string
+from modscope.seeding import check_seed
 
-__all__ = ["INITS", "build_model", "init_glorot", "init_torch"]
+__all__ = ["INITS", "build_model", "init_glorot", "init_torch", "state_shapes"]
 
 #: The initializations :func:`build_model` offers.
 INITS = ("glorot", "torch")
@@ -51,8 +52,28 @@ def build_model(spec: str | Mapping[str, Any], seed: int = 0, *, init: str = "gl
     (:class:`~modscope.models.seq.Seq2SeqTransformer`).
     """
     spec = normalize_spec(spec)
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
+    seed = check_seed(seed, "seed")
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    # Built on the meta device first so that PyTorch's own default init (drawn from the global RNG) never
+    # runs -- it would cost time for large VGGs and change the caller's random stream -- and so that the
+    # size is known before any memory is taken.
+    model = _meta_model(spec)
+    _check_size(model, spec)
+    model = model.to_empty(device="cpu")
+    if init == "torch":
+        init_torch(model, seed)
+    else:
+        init_glorot(model, torch.Generator().manual_seed(seed))
+    return model.eval()
+
+
+def state_shapes(spec: str | Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """``{state-dict key: shape}`` of ``build_model(spec)``, read off a meta-device build: no memory taken."""
+    return {k: tuple(v.shape) for k, v in _meta_model(normalize_spec(spec)).state_dict().items()}
+
+
+def _meta_model(spec: dict[str, Any]) -> nn.Module:
     builder = {
         "mlp": _mlp,
         "cnn": _cnn,
@@ -61,18 +82,24 @@ def build_model(spec: str | Mapping[str, Any], seed: int = 0, *, init: str = "gl
         "seq2seq-lstm": _seq2seq_lstm,
         "seq2seq-transformer": _seq2seq_transformer,
     }[spec["arch"]]
-    if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}, got {init!r}")
-    # Build on the meta device so that PyTorch's own default init (drawn from the global RNG) never runs:
-    # it would cost time for large VGGs and change the caller's random stream.
     with torch.device("meta"):
-        model = builder(spec)
-    model = model.to_empty(device="cpu")
-    if init == "torch":
-        init_torch(model, int(seed))
-    else:
-        init_glorot(model, torch.Generator().manual_seed(int(seed)))
-    return model.eval()
+        return builder(spec)
+
+
+def _check_size(model: nn.Module, spec: Mapping[str, Any]) -> None:
+    """Refuse a model larger than this machine's memory: a clear error instead of the OOM killer."""
+    tensors = [*model.parameters(), *model.buffers()]
+    nbytes = sum(t.numel() * t.element_size() for t in tensors)
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not POSIX: no bound
+        return
+    if nbytes > memory:
+        n = sum(t.numel() for t in tensors)
+        raise ValueError(
+            f"{spec_to_string(spec)} has {n:,} parameters ({nbytes / 2**30:.1f} GiB), more than this "
+            f"machine's memory ({memory / 2**30:.1f} GiB)"
+        )
 
 
 def init_torch(model: nn.Module, seed: int) -> None:

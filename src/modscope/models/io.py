@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from modscope.atomic import atomic_path
-from modscope.models.build import build_model
+from modscope.models.build import build_model, state_shapes
 from modscope.models.spec import is_spec_string, normalize_spec
 
 __all__ = [
@@ -55,7 +55,10 @@ def save_model(
 
     spec = normalize_spec(spec)
     state = model.state_dict()
-    _check_fits(state, build_model(spec).state_dict(), f"the weights of {type(model).__name__}", spec)
+    _check_fits(_shapes(state), state_shapes(spec), f"the weights of {type(model).__name__}", spec)
+    empty = [k for k, v in state.items() if v.is_meta]
+    if empty:
+        raise ValueError(f"{_few(empty)} are on the meta device (shapes without values): no weights to save")
     metadata = {FORMAT_KEY: FORMAT, SPEC_KEY: json.dumps(spec, sort_keys=True)}
     if extra_metadata is not None:
         try:
@@ -75,7 +78,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     path = _existing(path)
     if _kind(path) != "safetensors":
         return {}
-    meta = _safetensors_metadata(path)
+    meta, _ = _safetensors_header(path)
     try:
         return json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else {}
     except json.JSONDecodeError as exc:
@@ -100,14 +103,18 @@ def load_model(
         Corrupt or truncated file, no spec and no ``arch``, a spec that disagrees with ``arch``, a ``.pt``
         holding something other than a state dict, or weights that do not fit the architecture (the
         message names each parameter whose shape differs, with both shapes, and missing/unexpected keys).
+        The shapes are compared before the model is built or a safetensors file's data read, so a small
+        file that declares a huge architecture costs no memory.
     """
     path = _existing(path)
+    state: dict[str, torch.Tensor] | None = None
     if _kind(path) == "safetensors":
-        stored = _spec_from_metadata(path, _safetensors_metadata(path))
-        state = _read_safetensors(path)
+        meta, shapes = _safetensors_header(path)
+        stored = _spec_from_metadata(path, meta)
     else:
         stored = None
         state = _read_torch(path)
+        shapes = _shapes(state)
     if arch is not None:
         wanted = normalize_spec(arch)
         if stored is not None and stored != wanted:
@@ -120,9 +127,9 @@ def load_model(
             f"'{path}' holds weights only, no architecture: give one with arch / --arch "
             "(e.g. 'mlp:784-256x4-10')"
         )
+    _check_fits(shapes, state_shapes(spec), f"the weights in '{path}'", spec)
     model = build_model(spec)
-    _check_fits(state, model.state_dict(), f"the weights in '{path}'", spec)
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(_read_safetensors(path) if state is None else state, strict=True)
     return model.eval(), spec
 
 
@@ -170,12 +177,13 @@ def _kind(path: Path) -> str:
     return "safetensors" if head[8:9] == b"{" else "torch"
 
 
-def _safetensors_metadata(path: Path) -> dict[str, str]:
+def _safetensors_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
+    """The metadata and ``{name: shape}`` of a safetensors file, from its header alone (no tensor read)."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
+            return dict(f.metadata() or {}), {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as exc:  # SafetensorError and OS-level errors; the message is what matters
         raise ValueError(
             f"'{path}' is not a readable safetensors file (corrupt or truncated?): {exc}"
@@ -245,14 +253,18 @@ def _is_state_dict(obj: Mapping) -> bool:
     return len(obj) > 0 and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
 
 
+def _shapes(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
 def _check_fits(
-    state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], what: str, spec: Mapping
+    state: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]], what: str, spec: Mapping
 ) -> None:
-    """Raise ``ValueError`` listing every shape mismatch and missing/unexpected key of ``state``."""
+    """Raise ``ValueError`` listing every shape mismatch and missing/unexpected key (``{key: shape}``)."""
     problems = [
-        f"{k} has shape {tuple(state[k].shape)} but the model needs {tuple(v.shape)}"
+        f"{k} has shape {state[k]} but the model needs {v}"
         for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
+        if k in state and state[k] != v
     ]
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]

@@ -68,6 +68,7 @@ from typing import Any
 __all__ = [
     "ACTIVATIONS",
     "LSTM_DEFAULTS",
+    "MAX_LAYERS",
     "NAMED_CNNS",
     "SEQ2SEQ_LSTM_DEFAULTS",
     "SEQ2SEQ_TRANSFORMER_DEFAULTS",
@@ -153,6 +154,9 @@ _SEQ2SEQ_DEFAULTS = {
 POSITIONS = ("sin", "learned")
 
 _ARCHES = ("mlp", "cnn", "vgg", "lstm", "seq2seq-lstm", "seq2seq-transformer")
+#: The most layers a spec may declare. Far deeper than the papers' networks; a bound because a spec read from
+#: a file is untrusted, and even building a model on the meta device takes seconds per thousand layers.
+MAX_LAYERS = 1000
 _VGG_NAME = re.compile(r"vgg(\d+)(bn)?")
 _CNN_TOKEN = re.compile(r"(bc|c|f)(\d+)|M|G")
 _INT = re.compile(r"\d+")
@@ -210,6 +214,7 @@ def _parse_mlp(text: str, rest: list[str]) -> dict[str, Any]:
         size, repeat = int(m.group(1)), int(m.group(2) or 1)
         if repeat < 1:
             raise SpecError(f"bad repeat in {part!r} of spec {text!r}: must be at least 1")
+        _layer_count(len(sizes) + repeat - 1, f"spec {text!r}")
         sizes += [size] * repeat
     spec: dict[str, Any] = {"arch": "mlp", "sizes": sizes}
     for opt in rest[1:]:
@@ -265,6 +270,7 @@ def _parse_lstm(text: str, rest: list[str]) -> dict[str, Any]:
             m = re.fullmatch(r"(\d+)(?:x(\d+))?", part.strip())
             if not m or int(m.group(2) or 1) < 1:
                 raise SpecError(f"bad size {part!r} in spec {text!r}: expected N or NxLAYERS (e.g. 256x2)")
+            _layer_count(len(sizes) + int(m.group(2) or 1) - 1, f"spec {text!r}")
             sizes += [int(m.group(1))] * int(m.group(2) or 1)
         hidden = sizes[1:-1]
         if len(sizes) < 3 or len(set(hidden)) != 1:
@@ -402,6 +408,12 @@ def _positive_int(value: Any, what: str) -> int:
     return int(value)
 
 
+def _layer_count(n: int, what: str) -> int:
+    if n > MAX_LAYERS:
+        raise SpecError(f"{what} declares {n} layers; at most {MAX_LAYERS} are supported")
+    return n
+
+
 def _dropout(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
         raise SpecError(f"dropout must be a number in [0, 1), got {value!r}")
@@ -419,6 +431,7 @@ def _normalize_mlp(spec: dict[str, Any]) -> dict[str, Any]:
     sizes = spec.get("sizes")
     if not isinstance(sizes, (list, tuple)) or len(sizes) < 2:
         raise SpecError(f"mlp 'sizes' must list at least an input and an output size, got {sizes!r}")
+    _layer_count(len(sizes) - 1, "mlp 'sizes'")
     sizes = [_positive_int(s, f"mlp layer size #{i}") for i, s in enumerate(sizes)]
     activation = spec.get("activation", "relu")
     if activation not in ACTIVATIONS:
@@ -437,6 +450,7 @@ def _normalize_cnn(spec: dict[str, Any]) -> dict[str, Any]:
     tokens = spec.get("layers")
     if not isinstance(tokens, (list, tuple)) or not tokens:
         raise SpecError(f"cnn 'layers' must be a non-empty list of tokens, got {tokens!r}")
+    _layer_count(len(tokens), "cnn 'layers'")
     _, h, w = shape
     dense = pooled = False
     for i, token in enumerate(tokens):
@@ -508,6 +522,7 @@ def _normalize_lstm(spec: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"arch": "lstm"}
     for key, default in LSTM_DEFAULTS.items():
         out[key] = _positive_int(spec.get(key, default), f"lstm {key}")
+    _layer_count(out["layers"], "lstm 'layers'")
     return out
 
 
@@ -518,6 +533,7 @@ def _normalize_seq2seq(spec: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"arch": arch}
     for key in ("src_vocab", "tgt_vocab", "d_model", "layers"):
         out[key] = _positive_int(spec.get(key, defaults[key]), f"{arch} {key}")
+    _layer_count(out["layers"], f"{arch} 'layers'")
     if arch == "seq2seq-lstm":
         bidirectional = spec.get("bidirectional", defaults["bidirectional"])
         if not isinstance(bidirectional, bool):

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from modscope.atomic import check_writable
 from modscope.training.checkpoint import load_checkpoint, save_checkpoint
 from modscope.training.data import as_tensors
 from modscope.training.losses import LossFn, correct, resolve_loss
@@ -123,6 +124,8 @@ def train(
     """
     _check(epochs, steps, batch_size, optimizer, lr, momentum, l1, l2, clip_grad_norm, seed, eval_batch_size)
     _positive_int(checkpoint_every, "checkpoint_every")
+    if checkpoint is not None:  # before any work: a typo must not cost the run
+        check_writable(checkpoint, name="checkpoint")
     if prune is not None and not isinstance(prune, PruneSchedule):
         raise TypeError(f"prune must be a PruneSchedule, got {type(prune).__name__}")
     reg_fn, reg_weight = _check_regularizer(regularizer)
