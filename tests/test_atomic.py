@@ -151,8 +151,8 @@ def test_resuming_a_run_folder_removes_what_killed_writes_left(tmp_path):
     from modscope.experiments.run import Run
 
     host = _host_tag(tmp_path)
-    Run(tmp_path, "x", "quick", {"a": 1})
-    (tmp_path / "checkpoints").mkdir()
+    Run(tmp_path, "x", "quick", {"a": 1}).checkpoint_prefix("net-0")  # claims the folder
+    (tmp_path / "checkpoints").mkdir(exist_ok=True)
     dead = tmp_path / "checkpoints" / f".net-0.train.pt.{2**22 + 1}@{host}.abcdefgh.tmp"
     dead.write_bytes(b"half a checkpoint")
     Run(tmp_path, "x", "quick", {"a": 1})
