@@ -80,7 +80,7 @@ def _cluster(run: Run, cfg: dict) -> dict:
     for i, shuffle in enumerate(("layer", "layer_nonzero")):
         res = clusterability(
             graph, k=cfg["k"], n_shuffles=cfg["shuffles"], shuffle=shuffle, seed=cfg["seed"] + i,
-            n_jobs=cfg["n_jobs"], progress=lambda d, t, s=shuffle: run.report(f"{s} shuffles", d, t),
+            n_jobs=cfg["n_jobs"], progress=lambda _, d, t, info, s=shuffle: run.report(f"{s} shuffles", d, t),
         )  # fmt: skip
         out[shuffle] = res.to_dict()
     return out
