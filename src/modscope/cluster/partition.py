@@ -104,11 +104,9 @@ class Partition:
 
     def __repr__(self) -> str:
         left_out = int((self.labels < 0).sum())
-        restarts = (
-            f" (best of {self.n_restarts} restarts, up to {self.ncut_restarts.max():.4f})"
-            if self.n_restarts
-            else ""
-        )
+        restarts = ""
+        if self.n_restarts:
+            restarts = f" (best of {self.n_restarts} restarts, spread {self.ncut_spread:.4f})"
         return (
             f"Partition(k={self.k}, ncut={self.ncut:.4f}{restarts}, nodes={self.labels.size}"
             f"{f' ({left_out} without edges)' if left_out else ''}, sizes={self.sizes.tolist()}, "
