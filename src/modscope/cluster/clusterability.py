@@ -64,7 +64,7 @@ def _one_shuffle(blocks, k: int, shuffle: str, settings: dict, seed: int) -> tup
 
 
 def _chunk(args: tuple, indexed_seeds: list) -> list[tuple[int, tuple[float, int]]]:
-    # One BLAS/OpenMP thread per clustering, in the parent as in the workers: the result then does not
+    # One BLAS/OpenMP thread per shuffle, in the parent as in the workers: the null n-cuts then do not
     # depend on how the work is spread, and processes, not threads, use the cores. Entered once per chunk:
     # each entry inspects the loaded libraries (milliseconds).
     with threadpool_limits(limits=1):
@@ -134,11 +134,13 @@ def clusterability(
         results = Parallel(n_jobs=workers, return_as="generator_unordered")(
             delayed(_chunk)(args, [indexed[i] for i in chunk]) for chunk in chunks
         )
+    # The network's own clustering runs with the caller's BLAS threads, as spectral_partition does, so
+    # that the two give the same partition bit for bit.
+    partition = partition_affinity(aff, k, seed=seed, **settings)
+    notify(progress, "shuffles", 0, n_shuffles, {"ncut": partition.ncut})
     null = np.empty(n_shuffles)
     restarts = np.empty(n_shuffles, dtype=np.int64)
-    with threadpool_limits(limits=1):
-        partition = partition_affinity(aff, k, seed=seed, **settings)
-        notify(progress, "shuffles", 0, n_shuffles, {"ncut": partition.ncut})
+    with threadpool_limits(limits=1):  # the serial shuffles (a no-op for the pool's)
         done = 0
         for chunk in results:
             for j, (value, n_restarts) in chunk:
