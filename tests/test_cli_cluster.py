@@ -128,6 +128,9 @@ def test_graph_options(tmp_path):
         (["cluster", SPEC, "--k", "500"], "500"),
         (["cluster", SPEC, "--shuffles", "1"], "n_shuffles"),
         (["cluster", SPEC, "--jobs", "0"], "n_jobs"),
+        (["cluster", SPEC, "--jobs", "-2"], "n_jobs"),
+        (["cluster", SPEC, "--patience", "-1"], "patience"),
+        (["cluster", SPEC, "--seed", "-1"], "seed"),
         (["cluster", SPEC, "--arch", SPEC], "only for weight files"),
     ],
 )
@@ -152,4 +155,28 @@ def test_bad_weight_file_is_a_one_line_error(tmp_path, capsys):
 def test_progress_bar_without_a_terminal(tmp_path, capsys):
     # Under pytest stderr is not a TTY: the bar disables itself and nothing crashes.
     assert main(["cluster", SPEC, "--k", "3", "--shuffles", "3", "--n-init", "2"]) == 0
-    assert "clustering" not in capsys.readouterr().err
+    assert "shuffles" not in capsys.readouterr().err
+
+
+def test_jobs_above_the_cpu_count_are_capped(tmp_path, capsys):
+    from modscope.cluster.clusterability import available_cpus
+
+    one, many = tmp_path / "one.json", tmp_path / "many.json"
+    assert main(["cluster", SPEC, *FAST, "--json", str(one)]) == 0
+    assert main(["cluster", SPEC, *FAST, "--jobs", "1000", "--json", str(many)]) == 0
+    settings = json.loads(many.read_text())["settings"]
+    assert settings["jobs"] == 1000 and settings["workers"] == min(available_cpus(), 4)  # 4 shuffles
+    workers = settings["workers"]
+    assert f"({workers} worker{'s' if workers != 1 else ''})" in capsys.readouterr().out
+    assert json.loads(one.read_text())["result"] == json.loads(many.read_text())["result"]
+
+
+def test_restart_settings_are_recorded_and_printed(tmp_path, capsys):
+    path = tmp_path / "r.json"
+    assert main(["cluster", SPEC, *FAST, "--patience", "3", "--json", str(path)]) == 0
+    doc = json.loads(path.read_text())
+    assert doc["settings"]["n_init"] == 2 and doc["settings"]["patience"] == 3
+    result = ClusterabilityResult.from_dict(doc["result"])
+    assert (result.n_init, result.patience) == (result.partition.n_init, result.partition.patience) == (2, 3)
+    assert result.partition.n_restarts >= 4  # at least one restart, then 3 without a gain
+    assert f"best of {result.partition.n_restarts} k-means restarts" in capsys.readouterr().out

@@ -1,5 +1,6 @@
 """n-cut, spectral partitions and the shuffle test: known answers, references, invariants, errors."""
 
+import importlib
 import itertools
 import json
 
@@ -23,6 +24,7 @@ from modscope.cluster import (
     spectral_partition,
 )
 from modscope.graph import WeightGraph
+from modscope.seeding import derive
 
 # ---------------------------------------------------------------------- n-cut known answers
 
@@ -232,14 +234,21 @@ def planted_graph():
     return _planted_layered(np.random.default_rng(5), [30, 24, 24, 12], modules=3, across=0.05)[0]
 
 
-def test_clusterability_identical_for_any_number_of_jobs(planted_graph):
+@pytest.mark.parametrize("patience", [0, 4])
+def test_clusterability_identical_for_any_number_of_jobs(planted_graph, patience, monkeypatch):
+    module = importlib.import_module("modscope.cluster.clusterability")  # the name is also a function
+
+    monkeypatch.setattr(module, "available_cpus", lambda: 2)  # two workers even on a 1-CPU machine
     seen = []
     r1 = clusterability(
-        planted_graph, k=3, n_shuffles=6, seed=3, n_jobs=1, progress=lambda d, t: seen.append(d)
-    )
-    r2 = clusterability(planted_graph, k=3, n_shuffles=6, seed=3, n_jobs=2)
+        planted_graph, k=3, n_shuffles=6, seed=3, n_jobs=1, patience=patience,
+        progress=lambda *call: seen.append(call),
+    )  # fmt: skip
+    r2 = clusterability(planted_graph, k=3, n_shuffles=6, seed=3, n_jobs=2, patience=patience)
     assert r1.to_dict() == r2.to_dict()
-    assert seen == list(range(1, 8))  # serial: one call per clustering
+    # serial: one call per shuffle, after the network's own clustering (done = 0)
+    assert [c[:3] for c in seen] == [("shuffles", d, 6) for d in range(7)]
+    assert seen[0][3] == {"ncut": r1.ncut}
 
 
 def test_clusterability_detects_planted_modules(planted_graph):
@@ -266,8 +275,13 @@ def test_clusterability_argument_errors(planted_graph):
         clusterability(planted_graph, n_shuffles=1)
     with pytest.raises(ValueError, match="shuffle must be one of"):
         clusterability(planted_graph, shuffle="all")
-    with pytest.raises(ValueError, match="n_jobs"):
-        clusterability(planted_graph, n_jobs=0)
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="n_jobs"):
+            clusterability(planted_graph, n_jobs=bad)
+    with pytest.raises(ValueError, match="seed"):
+        clusterability(planted_graph, seed=-1)
+    with pytest.raises(ValueError, match="patience"):
+        clusterability(planted_graph, patience=-1)
     with pytest.raises(ValueError, match="smaller than the number of nodes"):
         clusterability(planted_graph, k=500)
 
@@ -297,7 +311,7 @@ def test_bipartite_side_smaller_than_k_falls_back_to_the_full_problem():
 
 
 def test_null_graphs_are_the_shuffles_clusterability_scores(planted_graph):
-    from modscope.cluster import null_graphs
+    from modscope.cluster import null_graphs, shuffle_seed
 
     r = clusterability(planted_graph, k=3, n_shuffles=3, seed=9)
     nulls = list(null_graphs(planted_graph, n_shuffles=3, seed=9))
@@ -306,15 +320,197 @@ def test_null_graphs_are_the_shuffles_clusterability_scores(planted_graph):
         for before, after in zip(planted_graph.blocks, g.blocks):
             np.testing.assert_array_equal(np.sort(before, axis=None), np.sort(after, axis=None))
     # each null graph, clustered with its shuffle's seed, gives exactly the n-cut clusterability reported
-    from threadpoolctl import threadpool_limits
+    redone = [spectral_partition(g, k=3, seed=shuffle_seed(9, j)) for j, g in enumerate(nulls)]
+    assert [p.ncut for p in redone] == r.null_ncuts.tolist()
+    assert [p.n_restarts for p in redone] == r.null_restarts.tolist()
+    assert shuffle_seed(9, 2) == derive(9, "shuffle", 2)
 
-    from modscope.cluster.affinity import as_affinity
-    from modscope.cluster.clusterability import _child, _seeds
-    from modscope.cluster.spectral import partition_affinity
 
-    with threadpool_limits(limits=1):
-        redone = [
-            partition_affinity(as_affinity(g), 3, seed=_child(s, 1)).ncut
-            for g, s in zip(nulls, _seeds(9, 3)[1])
-        ]
-    assert redone == r.null_ncuts.tolist()
+# ---------------------------------------------------------------------- one API: settings, persistence
+
+
+def test_clusterability_partition_is_spectral_partition(planted_graph):
+    for seed in (0, 5):
+        r = clusterability(planted_graph, k=3, n_shuffles=2, seed=seed, n_init=3, patience=2)
+        p = spectral_partition(planted_graph, k=3, seed=seed, n_init=3, patience=2)
+        assert r.partition.to_dict() == p.to_dict()
+        assert r.ncut == p.ncut
+
+
+def test_data_argument_only_is_positional(planted_graph):
+    from modscope.cluster import null_graphs
+
+    with pytest.raises(TypeError):
+        spectral_partition(planted_graph, 3)
+    with pytest.raises(TypeError):
+        clusterability(planted_graph, 3)
+    with pytest.raises(TypeError):
+        next(null_graphs(planted_graph, 3))
+
+
+def test_partition_records_every_setting_and_reproduces_from_them(planted_graph):
+    p = spectral_partition(planted_graph, k=3, seed=11, solver="lanczos", n_init=4, patience=3, max_init=9)
+    assert (p.seed, p.n_init, p.patience, p.max_init, p.solver, p.k) == (11, 4, 3, 9, "lanczos", 3)
+    assert p.tol == 1e-6
+    assert 4 <= p.n_restarts <= 9 and p.ncut == p.ncut_restarts.min()
+    assert p.ncut_spread == pytest.approx(np.ptp(p.ncut_restarts))
+    again = spectral_partition(
+        planted_graph, k=p.k, seed=p.seed, solver=p.solver, n_init=p.n_init, patience=p.patience,
+        max_init=p.max_init,
+    )  # fmt: skip
+    assert again.to_dict() == p.to_dict()
+
+
+def test_first_restarts_do_not_depend_on_how_many_follow():
+    rng = np.random.default_rng(7)
+    g = WeightGraph.from_weights([rng.uniform(0, 1, (30, 40)), rng.uniform(0, 1, (20, 30))])
+    few = spectral_partition(g, k=6, seed=2, n_init=3, patience=0)
+    many = spectral_partition(g, k=6, seed=2, n_init=12, patience=0)
+    assert few.n_restarts == 3 and many.n_restarts == 12
+    np.testing.assert_array_equal(few.ncut_restarts, many.ncut_restarts[:3])
+    assert many.ncut <= few.ncut
+
+
+def test_stopping_rule_by_hand():
+    from modscope.cluster.spectral import enough_restarts
+
+    # best 5.0 at restart 1, no gain after: with patience 2, enough after 3 restarts (n_init 1)
+    assert not enough_restarts([5.0, 5.1], n_init=1, patience=2)
+    assert enough_restarts([5.0, 5.1, 5.0], n_init=1, patience=2)
+    assert not enough_restarts([5.0, 5.1, 5.0], n_init=4, patience=2)
+    # a gain resets the count; a gain below the relative IMPROVEMENT (1e-4) does not
+    assert not enough_restarts([5.0, 5.1, 4.0, 4.2], n_init=1, patience=2)
+    assert enough_restarts([5.0, 5.1, 4.9999, 5.2], n_init=1, patience=3)
+    assert enough_restarts([5.0], n_init=1, patience=0)
+
+
+def test_restarts_follow_the_rule_and_stop_at_max_init():
+    from modscope.cluster.spectral import enough_restarts
+
+    rng = np.random.default_rng(8)
+    g = WeightGraph.from_weights([rng.uniform(0, 1, (40, 50)), rng.uniform(0, 1, (30, 40))])
+    p = spectral_partition(g, k=8, seed=0, n_init=2, patience=3)
+    r = p.ncut_restarts.tolist()
+    assert enough_restarts(r, n_init=2, patience=3)
+    assert not any(enough_restarts(r[:t], n_init=2, patience=3) for t in range(1, len(r)))
+    capped = spectral_partition(g, k=8, seed=0, n_init=2, patience=1000, max_init=7)
+    assert capped.n_restarts == 7
+    with pytest.raises(ValueError, match="max_init"):
+        spectral_partition(g, k=8, n_init=5, max_init=3)
+    with pytest.raises(ValueError, match="patience"):
+        spectral_partition(g, k=8, patience=1.5)
+
+
+def test_partition_save_load_and_repr(tmp_path):
+    rng = np.random.default_rng(9)
+    g = WeightGraph.from_weights([rng.uniform(0, 1, (12, 10)), rng.uniform(0, 1, (5, 12))])
+    p = spectral_partition(g, k=3, seed=1)
+    p.save(tmp_path / "sub" / "p.json")
+    back = Partition.load(tmp_path / "sub" / "p.json")
+    assert back.to_dict() == p.to_dict()
+    np.testing.assert_array_equal(back.ncut_restarts, p.ncut_restarts)
+    assert not list((tmp_path / "sub").glob(".*.tmp"))  # the atomic write left no temporary file
+    text = repr(p)
+    assert text.startswith("Partition(k=3, ncut=") and f"best of {p.n_restarts} restarts" in text
+    assert "seed=1" in text and "\n" not in text
+
+
+def test_partition_from_dict_validates():
+    good = spectral_partition(np.ones((6, 6)) - np.eye(6), k=2).to_dict()
+    before = ("labels", "ncut", "k", "sizes", "cuts", "volumes", "eigenvalues", "solver")
+    old = {key: good[key] for key in before}
+    assert Partition.from_dict(old).seed is None  # written before the settings were recorded
+    for bad, match in [
+        ({**good, "surprise": 1}, "unknown partition keys"),
+        ({key: v for key, v in good.items() if key != "labels"}, "lacks the keys"),
+        ({**good, "sizes": [1, 2, 3]}, "k=2 entries"),
+        ({**good, "labels": [0, 1, 5, 0, 0, 0]}, "labels must lie"),
+        ({**good, "labels": [[0, 1]]}, "1-D"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            Partition.from_dict(bad)
+
+
+def test_partition_load_errors_name_the_file(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"p\.json is not a partition"):
+        Partition.load(path)
+    with pytest.raises(ValueError, match=r"missing\.json"):
+        Partition.load(tmp_path / "missing.json")
+
+
+def test_clusterability_result_records_settings_and_reads_back(planted_graph, tmp_path):
+    r = clusterability(planted_graph, k=3, n_shuffles=3, seed=4, solver="dense", n_init=2, patience=1)
+    assert (r.solver, r.n_init, r.patience, r.seed, r.shuffle) == ("dense", 2, 1, 4, "layer")
+    assert r.null_restarts.shape == (3,) and np.all(r.null_restarts >= 2)
+    assert r.ncut_spread == r.partition.ncut_spread
+    r.save(tmp_path / "r.json")
+    back = ClusterabilityResult.load(tmp_path / "r.json")
+    assert back.to_dict() == r.to_dict() and back.null_restarts.dtype == np.int64
+    text = repr(r)
+    assert text.startswith("ClusterabilityResult(ncut=") and "restarts, spread" in text
+    assert f"p={r.p_value:.4g}" in text and "solver='dense'" in text
+    with pytest.raises(ValueError, match="unknown clusterability result keys"):
+        ClusterabilityResult.from_dict({**r.to_dict(), "typo": 1})
+    with pytest.raises(ValueError, match="n_shuffles=3"):
+        ClusterabilityResult.from_dict({**r.to_dict(), "null_ncuts": [1.0]})
+
+
+def test_clusterability_nulls_to_frame(planted_graph):
+    pd = pytest.importorskip("pandas")
+    from modscope.cluster import shuffle_seed
+
+    r = clusterability(planted_graph, k=3, n_shuffles=4, seed=2)
+    frame = r.to_frame()
+    assert isinstance(frame, pd.DataFrame) and frame.index.name == "shuffle"
+    assert list(frame.columns) == ["seed", "ncut", "restarts", "at_or_below"]
+    assert frame["ncut"].tolist() == r.null_ncuts.tolist()
+    assert frame["seed"].tolist() == [shuffle_seed(2, j) for j in range(4)]
+    assert frame["at_or_below"].sum() + 1 == round(r.p_value * 5)
+
+
+def test_to_frame_without_pandas_says_what_to_install(planted_graph, monkeypatch):
+    import sys
+
+    r = clusterability(planted_graph, k=3, n_shuffles=2, seed=0)
+    monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas now raises ImportError
+    with pytest.raises(ImportError, match="pip install pandas"):
+        r.to_frame()
+
+
+# ---------------------------------------------------------------------- worker processes
+
+
+def test_worker_count_is_capped_by_cpus_and_tasks(monkeypatch):
+    module = importlib.import_module("modscope.cluster.clusterability")  # the name is also a function
+    from modscope.cluster import worker_count
+
+    monkeypatch.setattr(module, "available_cpus", lambda: 4)
+    assert worker_count(1000, 50) == 4
+    assert worker_count(-1, 50) == 4
+    assert worker_count(-1, 3) == 3
+    assert worker_count(3, 2) == 2 and worker_count(1, 50) == 1
+    for bad in (0, -2, -1000, 2.0, None, True):
+        with pytest.raises(ValueError, match="n_jobs must be a positive int or -1"):
+            worker_count(bad, 50)
+
+
+def test_clusterability_starts_no_more_workers_than_cpus(planted_graph, monkeypatch):
+    module = importlib.import_module("modscope.cluster.clusterability")  # the name is also a function
+
+    started = []
+    real = module.Parallel
+
+    def spy(*args, **kwargs):
+        started.append(kwargs["n_jobs"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "Parallel", spy)
+    monkeypatch.setattr(module, "available_cpus", lambda: 2)
+    r = clusterability(planted_graph, k=3, n_shuffles=5, seed=1, n_jobs=1000)
+    assert started == [2]
+    monkeypatch.setattr(module, "available_cpus", lambda: 1)
+    again = clusterability(planted_graph, k=3, n_shuffles=5, seed=1, n_jobs=1000)
+    assert started == [2]  # one CPU: the shuffles run in this process, no pool
+    assert again.to_dict() == r.to_dict()

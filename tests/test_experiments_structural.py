@@ -151,7 +151,7 @@ def test_dense_networks_reuse_the_layer_shuffles_exactly(clustered):
     unit = result.units["control-unpruned-0"]
     assert unit["shuffles"]["layer_nonzero"] == unit["shuffles"]["layer"]
     model = _model(out / unit["model"])
-    direct = clusterability(model, 4, 3, "layer_nonzero", seed=unit["cluster_seed"])
+    direct = clusterability(model, k=4, n_shuffles=3, shuffle="layer_nonzero", seed=unit["cluster_seed"])
     assert direct.null_ncuts.tolist() == unit["shuffles"]["layer_nonzero"]["null_ncuts"]
     assert direct.ncut == unit["ncut"]
     pruned = result.units["control-pruned-0"]["shuffles"]

@@ -12,7 +12,8 @@ The JSON file (written atomically) has the keys
 - ``"model"``: ``source`` (the MODEL argument), ``spec`` (dict), ``spec_string``, ``random_init``
   (a built-in spec rather than a file) and ``init_seed`` (its seed, ``null`` for a file);
 - ``"graph"``: ``layers`` (list of ``{"name", "size", "kind"}``), ``n_nodes``, ``n_edges``;
-- ``"settings"``: ``k``, ``n_shuffles``, ``shuffle``, ``seed``, ``jobs``, ``solver``, ``n_init``,
+- ``"settings"``: ``k``, ``n_shuffles``, ``shuffle``, ``seed``, ``jobs`` (as given), ``workers`` (the
+  processes used: ``jobs`` capped at the CPUs and the shuffles), ``solver``, ``n_init``, ``patience``,
   ``channel_norm``, ``include_inputs``, ``include_outputs``, ``input_shape``;
 - ``"result"``: :meth:`ClusterabilityResult.to_dict` (``ClusterabilityResult.from_dict(d["result"])``
   reads it back);
@@ -38,6 +39,7 @@ JSON_FORMAT = "modscope.cluster/1"
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from modscope.cluster import SOLVERS
+    from modscope.cluster.spectral import N_INIT, PATIENCE
     from modscope.graph import CHANNEL_NORMS, SHUFFLES
 
     p = subparsers.add_parser(
@@ -80,10 +82,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--jobs",
         type=int,
         default=1,
-        help="worker processes for the shuffles, -1 = one per CPU; the result does not depend on it",
+        help="worker processes for the shuffles, -1 = one per CPU, at most one per CPU and per shuffle; "
+        "the result does not depend on it",
     )
     p.add_argument("--solver", choices=SOLVERS, default="auto", help="eigensolver (default: auto, by size)")
-    p.add_argument("--n-init", type=int, default=5, help="k-means restarts per clustering (default: 5)")
+    p.add_argument(
+        "--n-init",
+        type=int,
+        default=N_INIT,
+        help=f"minimum k-means restarts per clustering (default: {N_INIT})",
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=PATIENCE,
+        help="then restart until this many restarts in a row have not lowered the best n-cut; 0 = exactly "
+        f"--n-init restarts (default: {PATIENCE})",
+    )
     p.add_argument(
         "--input-shape",
         metavar="CxHxW",
@@ -121,7 +136,7 @@ def _shape(text: str) -> tuple[int, ...]:
 
 def run(args: argparse.Namespace) -> int:
     from modscope.cli import check_output
-    from modscope.cluster import clusterability
+    from modscope.cluster import clusterability, worker_count
     from modscope.graph import WeightGraph
     from modscope.models import resolve_model, spec_input_shape, spec_to_string
     from modscope.seeding import check_seed
@@ -130,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.plot, name="--plot", image=True)
     check_seed(args.seed, "--seed")
     check_seed(args.init_seed, "--init-seed")
+    workers = worker_count(args.jobs, args.shuffles)  # a bad --jobs fails before any work
     model, spec = resolve_model(args.model, arch=args.arch, seed=args.init_seed)
     random_init = not Path(args.model).is_file()
     input_shape = args.input_shape or spec_input_shape(spec)
@@ -149,15 +165,14 @@ def run(args: argparse.Namespace) -> int:
     with bars(disable=args.no_progress, unit="graph") as update:
         result = clusterability(
             graph, k=args.k, n_shuffles=args.shuffles, shuffle=args.shuffle, seed=args.seed,
-            n_jobs=args.jobs, progress=lambda done, total: update("clustering", done, total, {}),
-            solver=args.solver, n_init=args.n_init,
+            n_jobs=args.jobs, progress=update, solver=args.solver, n_init=args.n_init, patience=args.patience,
         )  # fmt: skip
     elapsed = time.perf_counter() - start
     verdict = verdict_line(result)
     for line in summary_lines(result):
         print(line)
     print(f"verdict     {verdict}")
-    print(f"time        {elapsed:.1f} s ({args.jobs} job{'s' if args.jobs != 1 else ''})")
+    print(f"time        {elapsed:.1f} s ({workers} worker{'s' if workers != 1 else ''})")
 
     if args.json:
         doc = {
@@ -182,8 +197,10 @@ def run(args: argparse.Namespace) -> int:
                 "shuffle": args.shuffle,
                 "seed": args.seed,
                 "jobs": args.jobs,
+                "workers": workers,
                 "solver": args.solver,
                 "n_init": args.n_init,
+                "patience": args.patience,
                 "channel_norm": args.channel_norm,
                 "include_inputs": not args.no_inputs,
                 "include_outputs": not args.no_outputs,
@@ -215,7 +232,7 @@ def summary_lines(result: Any) -> list[str]:
     z = f"{result.z:.2f}" if math.isfinite(result.z) else "undefined (all shuffles equal)"
     lines = [
         f"k           {result.k}" + (f"  ({isolated} nodes without edges left out)" if isolated else ""),
-        f"n-cut       {result.ncut:.4f}",
+        f"n-cut       {result.ncut:.4f}" + _restarts(result.partition),
         f"null        {result.null_mean:.4f} ± {result.null_std:.4f}  "
         f"({result.n_shuffles} '{result.shuffle}' shuffles, min {result.null_ncuts.min():.4f})",
         f"z           {z}",
@@ -223,6 +240,15 @@ def summary_lines(result: Any) -> list[str]:
         f"below all   {'yes' if result.below_all else 'no'}",
     ]
     return lines
+
+
+def _restarts(partition: Any) -> str:
+    if not partition.n_restarts:
+        return ""
+    return (
+        f"  (best of {partition.n_restarts} k-means restarts; they ranged "
+        f"{partition.ncut_restarts.min():.4f}-{partition.ncut_restarts.max():.4f})"
+    )
 
 
 def verdict_line(result: Any, alpha: float = 0.05) -> str:

@@ -1,15 +1,11 @@
 """Spectral clustering of weight graphs, n-cut, and the shuffle test (SPEC §1.2-1.3)."""
 
 from modscope.cluster.affinity import Affinity
-from modscope.cluster.clusterability import (
-    ClusterabilityResult,
-    clusterability,
-    cohens_d,
-    null_graphs,
-    null_summary,
-)
+from modscope.cluster.clusterability import clusterability, null_graphs, worker_count
 from modscope.cluster.ncut import ncut
-from modscope.cluster.spectral import SOLVERS, Partition, spectral_partition
+from modscope.cluster.partition import Partition
+from modscope.cluster.result import ClusterabilityResult, cohens_d, null_summary, shuffle_seed
+from modscope.cluster.spectral import SOLVERS, spectral_partition
 
 __all__ = [
     "SOLVERS",
@@ -21,5 +17,7 @@ __all__ = [
     "ncut",
     "null_graphs",
     "null_summary",
+    "shuffle_seed",
     "spectral_partition",
+    "worker_count",
 ]

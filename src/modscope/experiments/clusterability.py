@@ -149,7 +149,7 @@ def _clusterability_unit(run: Run, config: Mapping[str, Any], template: str, ste
             path = save_trained(model, spec, run.model_path(key), {"untrained": True, "seed": train_seed})
             doc["accuracy"] = evaluate(model, task.test).accuracy
         graph = WeightGraph.from_module(model)
-        per_kind = config["shuffles"] + 1  # clusterings per test: the network's own, then the shuffles
+        per_kind = config["shuffles"]  # progress units per test: its shuffles
         nulls = {}
         for j, kind in enumerate(SHUFFLES):
             if kind == "layer_nonzero" and graph.n_edges == sum(b.size for b in graph.blocks):
@@ -159,12 +159,14 @@ def _clusterability_unit(run: Run, config: Mapping[str, Any], template: str, ste
                 run.report("clustering", len(SHUFFLES) * per_kind, len(SHUFFLES) * per_kind)
                 continue
 
-            def report(done: int, _: int, before: int = j * per_kind, kind: str = kind) -> None:
+            def report(
+                label: str, done: int, total: int, info: dict, before: int = j * per_kind, kind: str = kind
+            ) -> None:
                 run.report("clustering", before + done, len(SHUFFLES) * per_kind, {"shuffle": kind})
 
             result = clusterability(
-                graph, config["k"], config["shuffles"], kind, seed=cluster_seed, n_jobs=config["n_jobs"],
-                progress=report,
+                graph, k=config["k"], n_shuffles=config["shuffles"], shuffle=kind, seed=cluster_seed,
+                n_jobs=config["n_jobs"], progress=report,
             )  # fmt: skip
             # The network's own partition depends on the seed only, so both tests share it.
             d = result.to_dict()

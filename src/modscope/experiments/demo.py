@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from modscope.experiments.checks import NUMBER, check_fields, check_int, check_n_jobs, check_number
 from modscope.experiments.run import Run
 from modscope.experiments.structural import check_mlp_config, lesion_section, network_seeds
+from modscope.progress import labelled
 from modscope.results import RunResult, clusterability_section, masks_section, table
 from modscope.versions import versions
 
@@ -128,7 +129,7 @@ def _cluster(run: Run, cfg: dict) -> dict:
     for shuffle in _SHUFFLES:
         res = clusterability(
             graph, k=cfg["k"], n_shuffles=cfg["shuffles"], shuffle=shuffle, seed=seed,
-            n_jobs=cfg["n_jobs"], progress=lambda d, t, s=shuffle: run.report(f"{s} shuffles", d, t),
+            n_jobs=cfg["n_jobs"], progress=labelled(run.report, shuffle),
         )  # fmt: skip
         out[shuffle] = res.to_dict()
     return out

@@ -112,7 +112,7 @@ def _lesion_unit(run: Run, config: Mapping[str, Any], template: str, steps: int,
         test = (x[: config["test_examples"]], y[: config["test_examples"]])
         graph = WeightGraph.from_module(model)
         run.report("clustering", 0, 1)
-        partition = spectral_partition(graph, config["k"], seed=cluster_seed)
+        partition = spectral_partition(graph, k=config["k"], seed=cluster_seed)
         run.report("clustering", 1, 1)
         study = lesion_modules(
             model, graph, partition, test, n_random=config["n_random"], min_units=config["min_units"],
