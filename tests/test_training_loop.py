@@ -72,7 +72,7 @@ def test_checkpoint_resume_is_bit_identical(blobs, tmp_path):
     class Stop(Exception):
         pass
 
-    def interrupt(step, total, info):
+    def interrupt(label, step, total, info):
         if step == 13:
             raise Stop
 
@@ -101,7 +101,8 @@ def test_checkpoint_resume_while_pruning_is_bit_identical(blobs, tmp_path):
     ref = build_model(spec, 0)
     train(ref, blobs, **kwargs)
 
-    def interrupt(step, total, info):
+    def interrupt(label, step, total, info):
+        assert label == "prune"
         if step == 17:
             raise KeyboardInterrupt
 
@@ -184,10 +185,11 @@ def test_progress_history_and_json(blobs):
         epochs=2,
         batch_size=100,
         eval_set=blobs,
-        progress=lambda s, t, i: calls.append((s, t, i)),
+        progress=lambda label, s, t, i: calls.append((label, s, t, i)),
     )
-    assert [c[0] for c in calls] == [1, 2, 3, 4, 5, 6] and {c[1] for c in calls} == {6}
-    ends = [c[2] for c in calls if c[2].get("epoch_end")]
+    assert {c[0] for c in calls} == {"train"}
+    assert [c[1] for c in calls] == [1, 2, 3, 4, 5, 6] and {c[2] for c in calls} == {6}
+    ends = [c[3] for c in calls if c[3].get("epoch_end")]
     assert len(ends) == 2 and ends[-1]["eval_accuracy"] == result.eval_accuracy
     doc = json.loads(json.dumps(result.to_dict()))
     assert TrainResult.from_dict(doc) == result
@@ -205,13 +207,34 @@ def test_progress_history_and_json(blobs):
         ({"epochs": 1, "momentum": 0.9}, r"momentum=0\.9 is for optimizer='sgd'"),
         ({"epochs": 1, "l2": -1.0}, r"l2 must be a non-negative finite number, got -1\.0"),
         ({"epochs": 1, "loss": "hinge"}, "unknown loss 'hinge'"),
-        ({"epochs": 1, "seed": -1}, "seed must be a non-negative int, got -1"),
+        ({"epochs": 1, "seed": -1}, "seed must be a non-negative int.*, got -1"),
         ({"epochs": 1, "regularizer": (1, 2)}, "regularizer must be a pair"),
+        ({"epochs": 1, "lr": float("inf")}, "lr must be a positive finite number, got inf"),
+        ({"epochs": 1, "lr": float("nan")}, "lr must be a positive finite number, got nan"),
+        ({"epochs": 1, "lr": True}, "lr must be a positive finite number, got True"),
+        ({"epochs": 1, "l1": float("nan")}, "l1 must be a non-negative finite number, got nan"),
+        ({"epochs": 1, "optimizer": "sgd", "momentum": 1.0}, r"momentum must be in \[0, 1\), got 1\.0"),
+        ({"epochs": 1, "optimizer": "sgd", "momentum": -0.5}, r"momentum must be a non-negative .*-0\.5"),
+        ({"epochs": 1, "clip_grad_norm": -1.0}, r"clip_grad_norm must be a positive .* got -1\.0"),
+        ({"epochs": 1, "clip_grad_norm": 0}, "clip_grad_norm must be a positive finite number, got 0"),
+        ({"epochs": 1, "clip_grad_norm": float("inf")}, "clip_grad_norm must be a positive finite number"),
+        ({"epochs": 1, "checkpoint_every": 0}, "checkpoint_every must be a positive int, got 0"),
+        ({"epochs": 1, "checkpoint_every": 2.5}, r"checkpoint_every must be a positive int, got 2\.5"),
+        ({"epochs": 1, "eval_batch_size": -1}, "eval_batch_size must be a positive int, got -1"),
+        ({"steps": 1.5}, r"steps must be a positive int, got 1\.5"),
+        ({"epochs": 1, "seed": None}, "seed must be a non-negative int, got None"),
+        ({"epochs": 1, "seed": 1.0}, r"seed must be a non-negative int, got 1\.0"),
+        ({"epochs": 1, "regularizer": (len, float("nan"))}, "regularizer weight must be .* got nan"),
     ],
 )
-def test_bad_arguments_name_the_value(blobs, kwargs, match):
+def test_bad_arguments_name_the_value(blobs, kwargs, match, tmp_path):
+    model = build_model("mlp:4-8-3", 0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ckpt = tmp_path / "never.ckpt"
     with pytest.raises(ValueError, match=match):
-        train(build_model("mlp:4-8-3", 0), blobs, **kwargs)
+        train(model, blobs, checkpoint=ckpt, **kwargs)
+    assert not ckpt.exists()  # checked before any work: nothing trained, nothing written
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
 def test_bad_data_and_divergence():
