@@ -108,11 +108,11 @@ def test_noise_bits_are_uniform_and_independent_across_samples_and_steps():
 
 
 def test_noise_bits_differ_across_tasks():
-    from modscope.masks.train import task_seed
+    from modscope.seeding import derive
 
     n = 1 << 16
     bits = [
-        noise_bits(noise_keys(4, torch.Generator().manual_seed(task_seed(0, t))), n) + 32768
+        noise_bits(noise_keys(4, torch.Generator().manual_seed(derive(0, t))), n) + 32768
         for t in ("add", "mul")
     ]
     for s in range(4):

@@ -222,12 +222,13 @@ def test_trains_on_common_architectures_and_leaves_the_model_bit_identical(kind,
         F.cross_entropy,
         steps=3,
         beta=1e-3,
-        progress=lambda step, total, info: seen.append((step, total, info)),
+        progress=lambda label, step, total, info: seen.append((label, step, total, info)),
     )
     assert set(masks.param_names) == expected
     assert masks.tasks == ("a", "b")
-    assert [s for s, _, _ in seen] == [1, 2, 3] and all(t == 3 for _, t, _ in seen)
-    assert set(seen[-1][2]["loss"]) == {"a", "b"} and 0 <= seen[-1][2]["kept"]["a"] <= 1
+    assert {label for label, _, _, _ in seen} == {"masks"}
+    assert [s for _, s, _, _ in seen] == [1, 2, 3] and all(t == 3 for _, _, t, _ in seen)
+    assert set(seen[-1][3]["loss"]) == {"a", "b"} and 0 <= seen[-1][3]["kept"]["a"] <= 1
     assert masks.hparams["method"] == ("loop" if kind == "lstm" else "vmap")
     assert_same_state(model, snap)
 
@@ -237,7 +238,7 @@ def test_model_restored_after_an_exception_during_training():
     model.train()
     snap = snapshot(model)
 
-    def boom(step, total, info):
+    def boom(label, step, total, info):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -288,7 +289,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, mode):
 
     path = tmp_path / "run.ckpt"
 
-    def interrupt(step, total, info):
+    def interrupt(label, step, total, info):
         if step == 5:
             raise Stop
 
@@ -304,7 +305,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, mode):
         F.cross_entropy,
         checkpoint=path,
         checkpoint_every=2,
-        progress=lambda s, t, i: steps_seen.append(s),
+        progress=lambda label, s, t, i: steps_seen.append(s),
         **common,
     )
     assert steps_seen == [5, 6, 7]  # lost at most one interval (step 5), resumed from the step-4 checkpoint

@@ -113,7 +113,7 @@ def _masks(run: Run, cfg: dict, train_set: tuple, test_set: tuple) -> dict:
 
     masks = train_masks(
         model, split(train_set), F.cross_entropy, steps=cfg["mask_steps"], beta=cfg["beta"], batch_size=128,
-        seed=cfg["seed"], progress=lambda s, t, info: run.report("masks", s, t),
+        seed=cfg["seed"], progress=lambda label, s, t, info: run.report(label, s, t),
     )  # fmt: skip
     path = run.out / "masks.safetensors"
     masks.save(path)
