@@ -141,10 +141,10 @@ def test_fast_path_matches_reference_through_a_layer(monkeypatch, compiled, laye
     logit gradient."""
     from torch.func import functional_call, vmap
 
-    from modscope.masks import sampling
+    from modscope.masks import kernels, sampling
 
-    monkeypatch.setattr(sampling, "_COMPILE", compiled)
-    monkeypatch.setattr(sampling, "_COMPILE_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(kernels, "_COMPILE", compiled)
+    monkeypatch.setattr(kernels, "_COMPILE_MIN_ELEMENTS", 0)
     g = torch.Generator().manual_seed(7)
     if layer == "linear":
         module, x = torch.nn.Linear(24, 16), torch.randn(2 * 3, 5, 24, generator=g)
@@ -196,10 +196,10 @@ def test_flat_layout_round_trip_and_nonfinite_weights_dropped_exactly():
 
 @pytest.mark.parametrize("compiled", [False, True])
 def test_keep_probabilities_are_the_sigmoid_and_the_read_out_count(monkeypatch, compiled):
-    from modscope.masks import sampling
+    from modscope.masks import kernels, sampling
 
-    monkeypatch.setattr(sampling, "_COMPILE", compiled)
-    monkeypatch.setattr(sampling, "_COMPILE_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(kernels, "_COMPILE", compiled)
+    monkeypatch.setattr(kernels, "_COMPILE_MIN_ELEMENTS", 0)
     logits = torch.tensor([[-3.0, 0.0, 0.5, 2.0], [1.0, 1.0, -1.0, 9.0]])
     probs, kept = sampling.keep_probabilities(logits)
     assert torch.allclose(probs, torch.sigmoid(logits))
