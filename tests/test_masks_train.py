@@ -19,7 +19,7 @@ from modscope.masks import (
     train_masks,
 )
 from modscope.masks.forward import grouped_forward
-from modscope.masks.train import frozen
+from modscope.masks.frozen import frozen
 
 # ---------------------------------------------------------------- small models and data (shared in this file)
 

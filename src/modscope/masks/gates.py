@@ -12,6 +12,7 @@ randomness. The read-out of a trained mask is ``logit > 0`` whatever the gate
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
@@ -123,7 +124,7 @@ class HardConcrete(Gate):
         low, high = self.limits
         outs, start = [], 0
         for shape in shapes:
-            end = start + int(torch.Size(shape).numel())
+            end = start + math.prod(shape)
             u = bits_to_uniform(noise_bits(keys, end - start, start)).to(logits.dtype)  # (T, S, n)
             noise = torch.log(u) - torch.log1p(-u)  # standard logistic
             s = torch.sigmoid((logits[:, None, start:end] + noise) / self.temperature)

@@ -32,7 +32,7 @@ from modscope.masks.step import MaskedModel, mask_update
 from modscope.progress import Progress, notify
 from modscope.seeding import derive
 
-__all__ = ["frozen", "train_masks"]
+__all__ = ["train_masks"]
 
 log = logging.getLogger(__name__)
 
