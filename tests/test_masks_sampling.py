@@ -108,11 +108,11 @@ def test_noise_bits_are_uniform_and_independent_across_samples_and_steps():
 
 
 def test_noise_bits_differ_across_tasks():
-    from modscope.masks.train import task_seed
+    from modscope.seeding import derive
 
     n = 1 << 16
     bits = [
-        noise_bits(noise_keys(4, torch.Generator().manual_seed(task_seed(0, t))), n) + 32768
+        noise_bits(noise_keys(4, torch.Generator().manual_seed(derive(0, t))), n) + 32768
         for t in ("add", "mul")
     ]
     for s in range(4):
@@ -141,10 +141,10 @@ def test_fast_path_matches_reference_through_a_layer(monkeypatch, compiled, laye
     logit gradient."""
     from torch.func import functional_call, vmap
 
-    from modscope.masks import sampling
+    from modscope.masks import kernels, sampling
 
-    monkeypatch.setattr(sampling, "_COMPILE", compiled)
-    monkeypatch.setattr(sampling, "_COMPILE_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(kernels, "_COMPILE", compiled)
+    monkeypatch.setattr(kernels, "_COMPILE_MIN_ELEMENTS", 0)
     g = torch.Generator().manual_seed(7)
     if layer == "linear":
         module, x = torch.nn.Linear(24, 16), torch.randn(2 * 3, 5, 24, generator=g)
@@ -196,10 +196,10 @@ def test_flat_layout_round_trip_and_nonfinite_weights_dropped_exactly():
 
 @pytest.mark.parametrize("compiled", [False, True])
 def test_keep_probabilities_are_the_sigmoid_and_the_read_out_count(monkeypatch, compiled):
-    from modscope.masks import sampling
+    from modscope.masks import kernels, sampling
 
-    monkeypatch.setattr(sampling, "_COMPILE", compiled)
-    monkeypatch.setattr(sampling, "_COMPILE_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(kernels, "_COMPILE", compiled)
+    monkeypatch.setattr(kernels, "_COMPILE_MIN_ELEMENTS", 0)
     logits = torch.tensor([[-3.0, 0.0, 0.5, 2.0], [1.0, 1.0, -1.0, 9.0]])
     probs, kept = sampling.keep_probabilities(logits)
     assert torch.allclose(probs, torch.sigmoid(logits))
@@ -209,3 +209,113 @@ def test_keep_probabilities_are_the_sigmoid_and_the_read_out_count(monkeypatch, 
     weight = torch.randn(4)
     given = sampling.masked_weight_list(logits, keys, weight, [(2, 2)], probs=probs)[0]
     assert torch.equal(given, sampling.masked_weight_list(logits, keys, weight, [(2, 2)])[0])
+
+
+# ---------------------------------------------------------------- gates (masks.gates) and penalties
+
+
+def test_gumbel_sigmoid_gate_is_the_fused_sampler():
+    from modscope.masks import GumbelSigmoid
+    from modscope.masks.sampling import masked_weight_list
+
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(2, 30, generator=g)
+    keys = keys_for(2, 3, g)
+    weight = torch.randn(30, generator=g)
+    shapes = [(4, 5), (10,)]
+    gate = GumbelSigmoid()
+    aux, kept = gate.precompute(logits)
+    assert torch.equal(kept, (logits > 0).sum(-1).to(kept.dtype))
+    got = gate.sample(logits, keys, weight, shapes, True, aux)
+    want = masked_weight_list(logits, keys, weight, shapes)
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    assert [tuple(t.shape) for t in got] == [(2, 3, 4, 5), (2, 3, 10)]
+
+
+def test_hard_concrete_gate_known_probabilities():
+    """Louizos et al. (2018), eq. 12 and its mirror: with s = sigmoid((logit + L) / temp), L logistic, and
+    z = clamp(low + (high - low) s, 0, 1): P(z > 0) = sigmoid(logit - temp * log(-low / high)) and
+    P(z = 1) = sigmoid(logit - temp * logit((1 - low) / (high - low)))."""
+    from modscope.masks import HardConcrete
+
+    temp, low, high = 0.5, -0.2, 1.3
+    gate = HardConcrete(temperature=temp, limits=(low, high))
+    logits = torch.tensor([[-1.5, 0.0, 0.7, 2.0]], dtype=torch.float64)
+    samples = 40_000
+    keys = keys_for(1, samples, torch.Generator().manual_seed(8))
+    aux, _ = gate.precompute(logits)
+    (z,) = gate.sample(logits, keys, torch.ones(4, dtype=torch.float64), [(4,)], True, aux)
+    z = z[0]  # (samples, 4): the gate values themselves, the weights being 1
+    assert float(z.min()) >= 0.0 and float(z.max()) <= 1.0
+    nonzero = torch.sigmoid(logits[0] - temp * math.log(-low / high))
+    one = torch.sigmoid(logits[0] - temp * math.log((1 - low) / (high - 1)))
+    for observed, p in (((z > 0).double().mean(0), nonzero), ((z == 1).double().mean(0), one)):
+        sd = (p * (1 - p) / samples).sqrt()
+        assert torch.all((observed - p).abs() < 5 * sd + 1e-3), (observed, p)
+
+
+def test_hard_concrete_gradient_is_that_of_the_formula():
+    from modscope.masks import HardConcrete
+
+    gate = HardConcrete()
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 12, generator=g, dtype=torch.float64, requires_grad=True)
+    keys = keys_for(2, 3, g)
+    weight = torch.randn(12, generator=g, dtype=torch.float64)
+    out = torch.cat([o.flatten(2) for o in gate.sample(logits, keys, weight, [(3, 2), (6,)], True, None)], -1)
+    u = bits_to_uniform(noise_bits(keys, 12)).double()
+    s = torch.sigmoid((logits.unsqueeze(1) + torch.log(u / (1 - u))) / (2 / 3))
+    ref = (-0.1 + 1.2 * s).clamp(0, 1)
+    # parameter (3, 2) is 2-d: stored transposed in the flat layout, so compare in that layout
+    flat = torch.cat([out[..., :6].reshape(2, 3, 3, 2).transpose(-1, -2).reshape(2, 3, 6), out[..., 6:]], -1)
+    assert torch.allclose(flat, ref * weight)
+    up = torch.randn(2, 3, 12, generator=g, dtype=torch.float64)
+    (got,) = torch.autograd.grad(flat, logits, up)
+    (want,) = torch.autograd.grad(ref * weight, logits, up)
+    assert torch.allclose(got, want)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"temperature": 0.0}, "temperature must be a positive finite number, got 0.0"),
+        ({"temperature": math.inf}, "temperature must be a positive finite number, got inf"),
+        ({"limits": (0.1, 1.1)}, "low < 0 and high > 1"),
+        ({"limits": (-0.1, math.nan)}, "limits must be a finite number, got nan"),
+        ({"limits": 1.0}, "limits must be a pair"),
+    ],
+)
+def test_hard_concrete_bad_settings(kwargs, match):
+    from modscope.masks import HardConcrete
+
+    with pytest.raises(ValueError, match=match):
+        HardConcrete(**kwargs)
+
+
+@pytest.mark.parametrize("name", ["LogitPenalty", "ExpectedKeptPenalty"])
+def test_penalty_gradient_equals_autograd_of_its_value(name):
+    import modscope.masks as masks
+    from modscope.masks import Penalty
+
+    penalty = getattr(masks, name)(0.3)
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(3, 20, generator=g, dtype=torch.float64)
+    batch_sizes = torch.tensor([4.0, 16.0, 7.0], dtype=torch.float64)
+    got, generic = torch.ones_like(logits), torch.ones_like(logits)
+    penalty.add_grad(got, logits, batch_sizes)
+    Penalty.add_grad(penalty, generic, logits, batch_sizes)  # the autograd default
+    assert torch.allclose(got, generic)
+    if name == "LogitPenalty":
+        assert torch.allclose(got - 1, (0.3 / batch_sizes).unsqueeze(1).expand(3, 20))
+    else:
+        p = torch.sigmoid(logits)
+        assert torch.allclose(got - 1, 0.3 * p * (1 - p) / batch_sizes.unsqueeze(1))
+
+
+@pytest.mark.parametrize("beta", [-1.0, math.nan, math.inf, None, "1e-3"])
+def test_penalty_bad_beta(beta):
+    from modscope.masks import ExpectedKeptPenalty, LogitPenalty
+
+    for cls in (LogitPenalty, ExpectedKeptPenalty):
+        with pytest.raises(ValueError, match=f"beta must be a non-negative finite number, got {beta!r}"):
+            cls(beta)

@@ -7,9 +7,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modscope.masks import MaskSet, evaluate_masks, iou, p_specialize, train_masks
+from modscope.masks import (
+    ExpectedKeptPenalty,
+    GumbelSigmoid,
+    HardConcrete,
+    LogitPenalty,
+    MaskSet,
+    evaluate_masks,
+    iou,
+    p_specialize,
+    train_masks,
+)
 from modscope.masks.forward import grouped_forward
-from modscope.masks.train import frozen
+from modscope.masks.frozen import frozen
 
 # ---------------------------------------------------------------- small models and data (shared in this file)
 
@@ -139,6 +149,35 @@ def test_known_answer_inverted_mask_destroys_own_task_and_spares_the_other(left_
     assert p_specialize(table, "right", "left", chance=0.5) > 0.9
 
 
+@pytest.mark.parametrize(
+    ("gate", "penalty"),
+    [(HardConcrete(), LogitPenalty(1e-2)), (GumbelSigmoid(), ExpectedKeptPenalty(0.1))],
+    ids=["hard_concrete+logit", "gumbel+expected_kept"],
+)
+def test_known_answer_with_other_gates_and_penalties(gate, penalty):
+    net = two_path_net()
+    tasks = {"left": side_data(0), "right": side_data(1)}
+    masks = train_masks(net, tasks, F.cross_entropy, steps=150, lr=0.05, batch_size=64, seed=0, gate=gate,
+                        penalty=penalty)  # fmt: skip
+    for layer in ("0.weight", "2.weight"):
+        assert masks["left"][layer].nonzero().tolist() == [[0, 0], [1, 1]]
+        assert masks["right"][layer].nonzero().tolist() == [[2, 2], [3, 3]]
+    assert {k: masks.hparams[k] for k in gate.config() if k != "noise"} == {
+        k: v for k, v in gate.config().items() if k != "noise"
+    }
+    assert {k: masks.hparams[k] for k in penalty.config()} == penalty.config()
+
+
+def test_explicit_default_gate_and_penalty_equal_beta():
+    model, x, y = make("mlp")
+    common = dict(steps=3, lr=0.1, batch_size=8, seed=5)
+    a = train_masks(model, {"a": (x, y)}, F.cross_entropy, beta=1e-3, **common)
+    b = train_masks(model, {"a": (x, y)}, F.cross_entropy, gate=GumbelSigmoid(), penalty=LogitPenalty(1e-3),
+                    **common)  # fmt: skip
+    assert a == b and a.hparams == b.hparams
+    assert all(torch.equal(a.logits["a"][n], b.logits["a"][n]) for n in a.param_names)
+
+
 # ---------------------------------------------------------------- alignment of samples across layers and
 # examples
 
@@ -222,12 +261,13 @@ def test_trains_on_common_architectures_and_leaves_the_model_bit_identical(kind,
         F.cross_entropy,
         steps=3,
         beta=1e-3,
-        progress=lambda step, total, info: seen.append((step, total, info)),
+        progress=lambda label, step, total, info: seen.append((label, step, total, info)),
     )
     assert set(masks.param_names) == expected
     assert masks.tasks == ("a", "b")
-    assert [s for s, _, _ in seen] == [1, 2, 3] and all(t == 3 for _, t, _ in seen)
-    assert set(seen[-1][2]["loss"]) == {"a", "b"} and 0 <= seen[-1][2]["kept"]["a"] <= 1
+    assert {label for label, _, _, _ in seen} == {"masks"}
+    assert [s for _, s, _, _ in seen] == [1, 2, 3] and all(t == 3 for _, _, t, _ in seen)
+    assert set(seen[-1][3]["loss"]) == {"a", "b"} and 0 <= seen[-1][3]["kept"]["a"] <= 1
     assert masks.hparams["method"] == ("loop" if kind == "lstm" else "vmap")
     assert_same_state(model, snap)
 
@@ -237,7 +277,7 @@ def test_model_restored_after_an_exception_during_training():
     model.train()
     snap = snapshot(model)
 
-    def boom(step, total, info):
+    def boom(label, step, total, info):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -288,7 +328,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, mode):
 
     path = tmp_path / "run.ckpt"
 
-    def interrupt(step, total, info):
+    def interrupt(label, step, total, info):
         if step == 5:
             raise Stop
 
@@ -304,7 +344,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, mode):
         F.cross_entropy,
         checkpoint=path,
         checkpoint_every=2,
-        progress=lambda s, t, i: steps_seen.append(s),
+        progress=lambda label, s, t, i: steps_seen.append(s),
         **common,
     )
     assert steps_seen == [5, 6, 7]  # lost at most one interval (step 5), resumed from the step-4 checkpoint
@@ -365,6 +405,59 @@ def test_one_shot_iterator_and_bad_batches_are_rejected():
         train_masks(model, {"a": []}, F.cross_entropy, steps=1, beta=1e-3)
     with pytest.raises(ValueError, match="beta must be"):
         train_masks(model, {"a": [(x, y)]}, F.cross_entropy, steps=1, beta=-1.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"max_grad_norm": -1.0}, ValueError, r"max_grad_norm must be a positive finite number, got -1\.0"),
+        ({"max_grad_norm": 0}, ValueError, "max_grad_norm must be a positive finite number, got 0"),
+        ({"max_grad_norm": math.inf}, ValueError, "max_grad_norm must be a positive finite number, got inf"),
+        ({"init": math.nan}, ValueError, "init must be a finite number, got nan"),
+        ({"init": -math.inf}, ValueError, "init must be a finite number, got -inf"),
+        ({"init": "2"}, ValueError, "init must be a finite number, got '2'"),
+        ({"lr": math.inf}, ValueError, "lr must be a positive finite number, got inf"),
+        ({"lr": math.nan}, ValueError, "lr must be a positive finite number, got nan"),
+        ({"lr": 0.0}, ValueError, r"lr must be a positive finite number, got 0\.0"),
+        ({"lr": True}, ValueError, "lr must be a positive finite number, got True"),
+        ({"checkpoint_every": 0}, ValueError, "checkpoint_every must be a positive int, got 0"),
+        ({"checkpoint_every": 1.5}, ValueError, r"checkpoint_every must be a positive int, got 1\.5"),
+        ({"samples": 0}, ValueError, "samples must be a positive int, got 0"),
+        ({"batch_size": 0}, ValueError, "batch_size must be None or a positive int, got 0"),
+        ({"batch_size": True}, ValueError, "batch_size must be None or a positive int, got True"),
+        ({"seed": -1}, ValueError, "seed must be a non-negative int.*got -1"),
+        ({"seed": None}, ValueError, "seed must be a non-negative int, got None"),
+        ({"beta": math.nan}, ValueError, "beta must be a non-negative finite number, got nan"),
+        ({"beta": math.inf}, ValueError, "beta must be a non-negative finite number, got inf"),
+        ({"beta": None}, ValueError, r"give the sparsity penalty: beta=\.\.\."),
+        ({"penalty": LogitPenalty(1.0)}, ValueError, "give beta or penalty, not both"),
+        ({"beta": None, "penalty": 0.1}, TypeError, "penalty must be a modscope.masks.Penalty"),
+        ({"gate": "gumbel"}, TypeError, "gate must be a modscope.masks.Gate"),
+        ({"method": "fast"}, ValueError, "method must be 'auto', 'vmap' or 'loop', got 'fast'"),
+        ({"loss_fn": None}, TypeError, "loss_fn must be callable"),
+    ],
+)
+def test_bad_numbers_are_refused_before_any_work(tmp_path, kwargs, error, match):
+    model, x, y = make("mlp")
+    snap = snapshot(model)
+    calls = []
+    path = tmp_path / "never.ckpt"
+    args = {"loss_fn": F.cross_entropy, "steps": 2, "beta": 1e-3, "checkpoint": path, **kwargs}
+    with pytest.raises(error, match=match):
+        train_masks(model, {"a": [(x, y)]}, progress=lambda *a: calls.append(a), **args)
+    assert not calls and not path.exists()
+    assert_same_state(model, snap)
+
+
+def test_checkpoint_of_another_penalty_or_gate_is_rejected(tmp_path):
+    model, x, y = make("mlp")
+    path = tmp_path / "c.ckpt"
+    common = dict(steps=2, batch_size=4, checkpoint=path)
+    train_masks(model, {"a": (x, y)}, F.cross_entropy, beta=1e-3, **common)
+    with pytest.raises(ValueError, match="penalty: checkpoint None, now 'expected_kept'"):
+        train_masks(model, {"a": (x, y)}, F.cross_entropy, penalty=ExpectedKeptPenalty(1e-3), **common)
+    with pytest.raises(ValueError, match="gate: checkpoint None, now 'hard_concrete'"):
+        train_masks(model, {"a": (x, y)}, F.cross_entropy, beta=1e-3, gate=HardConcrete(), **common)
 
 
 def test_result_is_a_maskset_with_hparams_and_fingerprint():

@@ -72,7 +72,7 @@ def test_checkpoint_resume_is_bit_identical(blobs, tmp_path):
     class Stop(Exception):
         pass
 
-    def interrupt(step, total, info):
+    def interrupt(label, step, total, info):
         if step == 13:
             raise Stop
 
@@ -101,7 +101,8 @@ def test_checkpoint_resume_while_pruning_is_bit_identical(blobs, tmp_path):
     ref = build_model(spec, 0)
     train(ref, blobs, **kwargs)
 
-    def interrupt(step, total, info):
+    def interrupt(label, step, total, info):
+        assert label == "prune"
         if step == 17:
             raise KeyboardInterrupt
 
@@ -184,10 +185,11 @@ def test_progress_history_and_json(blobs):
         epochs=2,
         batch_size=100,
         eval_set=blobs,
-        progress=lambda s, t, i: calls.append((s, t, i)),
+        progress=lambda label, s, t, i: calls.append((label, s, t, i)),
     )
-    assert [c[0] for c in calls] == [1, 2, 3, 4, 5, 6] and {c[1] for c in calls} == {6}
-    ends = [c[2] for c in calls if c[2].get("epoch_end")]
+    assert {c[0] for c in calls} == {"train"}
+    assert [c[1] for c in calls] == [1, 2, 3, 4, 5, 6] and {c[2] for c in calls} == {6}
+    ends = [c[3] for c in calls if c[3].get("epoch_end")]
     assert len(ends) == 2 and ends[-1]["eval_accuracy"] == result.eval_accuracy
     doc = json.loads(json.dumps(result.to_dict()))
     assert TrainResult.from_dict(doc) == result
@@ -205,13 +207,34 @@ def test_progress_history_and_json(blobs):
         ({"epochs": 1, "momentum": 0.9}, r"momentum=0\.9 is for optimizer='sgd'"),
         ({"epochs": 1, "l2": -1.0}, r"l2 must be a non-negative finite number, got -1\.0"),
         ({"epochs": 1, "loss": "hinge"}, "unknown loss 'hinge'"),
-        ({"epochs": 1, "seed": -1}, "seed must be a non-negative int, got -1"),
+        ({"epochs": 1, "seed": -1}, "seed must be a non-negative int.*, got -1"),
         ({"epochs": 1, "regularizer": (1, 2)}, "regularizer must be a pair"),
+        ({"epochs": 1, "lr": float("inf")}, "lr must be a positive finite number, got inf"),
+        ({"epochs": 1, "lr": float("nan")}, "lr must be a positive finite number, got nan"),
+        ({"epochs": 1, "lr": True}, "lr must be a positive finite number, got True"),
+        ({"epochs": 1, "l1": float("nan")}, "l1 must be a non-negative finite number, got nan"),
+        ({"epochs": 1, "optimizer": "sgd", "momentum": 1.0}, r"momentum must be in \[0, 1\), got 1\.0"),
+        ({"epochs": 1, "optimizer": "sgd", "momentum": -0.5}, r"momentum must be a non-negative .*-0\.5"),
+        ({"epochs": 1, "clip_grad_norm": -1.0}, r"clip_grad_norm must be a positive .* got -1\.0"),
+        ({"epochs": 1, "clip_grad_norm": 0}, "clip_grad_norm must be a positive finite number, got 0"),
+        ({"epochs": 1, "clip_grad_norm": float("inf")}, "clip_grad_norm must be a positive finite number"),
+        ({"epochs": 1, "checkpoint_every": 0}, "checkpoint_every must be a positive int, got 0"),
+        ({"epochs": 1, "checkpoint_every": 2.5}, r"checkpoint_every must be a positive int, got 2\.5"),
+        ({"epochs": 1, "eval_batch_size": -1}, "eval_batch_size must be a positive int, got -1"),
+        ({"steps": 1.5}, r"steps must be a positive int, got 1\.5"),
+        ({"epochs": 1, "seed": None}, "seed must be a non-negative int, got None"),
+        ({"epochs": 1, "seed": 1.0}, r"seed must be a non-negative int, got 1\.0"),
+        ({"epochs": 1, "regularizer": (len, float("nan"))}, "regularizer weight must be .* got nan"),
     ],
 )
-def test_bad_arguments_name_the_value(blobs, kwargs, match):
+def test_bad_arguments_name_the_value(blobs, kwargs, match, tmp_path):
+    model = build_model("mlp:4-8-3", 0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ckpt = tmp_path / "never.ckpt"
     with pytest.raises(ValueError, match=match):
-        train(build_model("mlp:4-8-3", 0), blobs, **kwargs)
+        train(model, blobs, checkpoint=ckpt, **kwargs)
+    assert not ckpt.exists()  # checked before any work: nothing trained, nothing written
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
 def test_bad_data_and_divergence():
@@ -228,3 +251,61 @@ def test_sgd_with_momentum_trains(blobs):
     result = train(build_model("mlp:4-32-3", 0), blobs, epochs=10, batch_size=32, optimizer="sgd", lr=0.1,
                    momentum=0.9, eval_set=blobs)  # fmt: skip
     assert result.eval_accuracy > 0.95
+
+
+def test_train_is_a_fold_of_train_step(blobs):
+    """The driver adds nothing to the updates: train_step over the epoch's order reproduces train()."""
+    from modscope.training import train_step
+    from modscope.training.step import make_optimizer
+
+    x, y = blobs
+    expected = build_model("mlp:4-16-3", 0)
+    train(expected, blobs, steps=12, batch_size=32, seed=6, l2=1e-3, clip_grad_norm=0.5)
+    model = build_model("mlp:4-16-3", 0)
+    params = list(model.parameters())
+    opt = make_optimizer(params, "adam", 1e-3, 0.0)
+    order = torch.Generator().manual_seed(6)  # train's order of the examples: a generator seeded by seed
+    for i in range(12):  # 10 batches per epoch: the 11th starts a new epoch with a new order
+        if i % 10 == 0:
+            perm = torch.randperm(300, generator=order)
+        idx = perm[(i % 10) * 32 : (i % 10 + 1) * 32]
+        out = train_step(model, opt, cross_entropy, x[idx], y[idx], params=params, l2=1e-3,
+                         clip_grad_norm=0.5, step=i)  # fmt: skip
+        assert out.outputs.shape == (len(idx), 3) and out.penalty > 0
+    assert _same(model, expected)
+
+
+def test_loop_state_round_trip_and_epoch_accounting():
+    from modscope.training import LoopState
+
+    state = LoopState()
+    state.start_epoch(torch.arange(5))
+    assert state.batch_indices(2).tolist() == [0, 1]
+    out = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+    state.count(0.5, out, torch.tensor([0, 0]))  # one right, one wrong
+    state.count(1.0, out[:1], torch.tensor([0]))
+    assert (state.step, state.batch, state.seen, state.hits, state.scored) == (2, 2, 3, 2, 3)
+    record = state.end_epoch(per_epoch=2, ev=None, sparsity=None, seconds=1.0)
+    assert record.train_loss == pytest.approx((0.5 * 2 + 1.0) / 3)
+    assert record.train_accuracy == pytest.approx(2 / 3)
+    assert (state.epoch, state.batch) == (1, 0)
+    again = LoopState.from_dict(state.to_dict())
+    assert again.to_dict().keys() == state.to_dict().keys() and again.history == state.history
+    assert (again.step, again.epoch, again.batch) == (2, 1, 0) and torch.equal(again.perm, state.perm)
+
+
+def test_checkpointer_names_every_difference(tmp_path):
+    from modscope.checkpoint import Checkpointer
+
+    off = Checkpointer(None, 5, {"lr": 1.0}, format="f")
+    assert off.load() is None and not off.due(5)
+    off.save({"step": 1})  # no path: nothing written
+    on = Checkpointer(tmp_path / "c.pt", 5, {"lr": 1.0, "seed": 0}, format="f")
+    assert [s for s in range(1, 12) if on.due(s)] == [5, 10]
+    on.save({"step": 5})
+    assert on.load()["step"] == 5 and on.load()["config"] == {"lr": 1.0, "seed": 0}
+    other = Checkpointer(tmp_path / "c.pt", 5, {"lr": 2.0, "seed": 0, "new": 1}, format="f")
+    with pytest.raises(ValueError, match=r"settings \(lr: checkpoint 1\.0, now 2\.0; new: checkpoint None"):
+        other.load()
+    with pytest.raises(ValueError, match="not a modscope checkpoint of format 'g'"):
+        Checkpointer(tmp_path / "c.pt", 5, {}, format="g").load()

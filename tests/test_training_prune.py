@@ -54,7 +54,7 @@ def test_pruning_follows_schedule_and_reaches_targets(data, tmp_path):
     schedule = PruneSchedule(initial=0.5, final=0.9, frequency=5)
     seen = []
     result = train(model, data, epochs=4, batch_size=32, prune=schedule,
-                   progress=lambda s, t, i: seen.append((s, i["sparsity"])))  # fmt: skip
+                   progress=lambda _, s, t, i: seen.append((s, i["sparsity"])))  # fmt: skip
     total = result.steps
     resolved = schedule.resolved(total)
     sizes = {"fc1": 120, "fc2": 400, "out": 40}

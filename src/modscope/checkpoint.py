@@ -16,7 +16,7 @@ import torch
 
 from modscope.atomic import atomic_path
 
-__all__ = ["load_checkpoint", "save_checkpoint"]
+__all__ = ["Checkpointer", "load_checkpoint", "save_checkpoint"]
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any], *, format: str) -> Path:
@@ -45,3 +45,40 @@ def load_checkpoint(path: str | os.PathLike, *, format: str) -> dict[str, Any] |
     if not isinstance(state, dict) or state.get("format") != format:
         raise ValueError(f"'{path}' is not a modscope checkpoint of format {format!r}")
     return state
+
+
+class Checkpointer:
+    """Where and how often a loop checkpoints, and the check that a checkpoint belongs to this run.
+
+    ``path`` ``None`` turns checkpointing off (every method is then a no-op). ``config`` holds every setting
+    that determines the run's result: a checkpoint saved under other settings is refused, naming each
+    difference, so that a resumed run can never silently mix two runs.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, every: int, config: dict[str, Any], *, format: str):
+        self.path = None if path is None else Path(path)
+        self.every, self.config, self.format = every, config, format
+
+    def load(self) -> dict[str, Any] | None:
+        """The saved state (``None`` without a path or a file); ValueError if it is from another run."""
+        if self.path is None:
+            return None
+        state = load_checkpoint(self.path, format=self.format)
+        if state is not None:
+            saved = state.get("config")
+            saved = saved if isinstance(saved, dict) else {}
+            diff = sorted(k for k in set(saved) | set(self.config) if saved.get(k) != self.config.get(k))
+            if diff:
+                now = self.config
+                shown = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {now.get(k)!r}" for k in diff)
+                raise ValueError(f"checkpoint '{self.path}' is from a run with other settings ({shown})")
+        return state
+
+    def due(self, step: int) -> bool:
+        """Whether to save after ``step`` steps (every ``every`` steps)."""
+        return self.path is not None and step % self.every == 0
+
+    def save(self, state: dict[str, Any]) -> None:
+        """Write ``{"config": config, **state}`` atomically (nothing without a path)."""
+        if self.path is not None:
+            save_checkpoint(self.path, {"config": self.config, **state}, format=self.format)

@@ -32,8 +32,10 @@ def check_seed(seed: Any, name: str = "seed") -> int:
     """``seed`` as an int, or a ValueError that names the parameter (``None``, negatives, floats, bools)."""
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise ValueError(f"{name} must be a non-negative int, got {seed!r}")
-    if not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"{name} must be a non-negative int below 2**63, got {seed!r}")
+    if seed < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {seed!r}")
+    if seed > MAX_SEED:
+        raise ValueError(f"{name} must be below 2**63, got {seed!r}")
     return int(seed)
 
 

@@ -247,9 +247,9 @@ def train_and_mask(
     for n, (task, source) in enumerate(tasks.items()):
         curve = _Curve(f"{prefix}.mask{n}.curve.json", config["mask_steps"])
 
-        def progress(done: int, total: int, info: dict, task=task, curve=curve) -> None:
+        def progress(label: str, done: int, total: int, info: dict, task=task, curve=curve) -> None:
             curve(done, total, info)
-            run.report("masks", done, total, {"mask": task, **info})
+            run.report(label, done, total, {"mask": task, **info})
 
         one = train_masks(
             model, {task: source}, cross_entropy, steps=config["mask_steps"], beta=config["beta"],

@@ -161,7 +161,7 @@ def _masks(run: Run, cfg: dict, train_set: tuple, test_set: tuple) -> dict:
 
     masks = train_masks(
         model, split(train_set), F.cross_entropy, steps=cfg["mask_steps"], beta=cfg["beta"], batch_size=128,
-        seed=network_seeds(cfg["seed"], 0).masks, progress=lambda s, t, info: run.report("masks", s, t),
+        seed=network_seeds(cfg["seed"], 0).masks, progress=run.report,
     )  # fmt: skip
     path = run.out / "masks.safetensors"
     masks.save(path)

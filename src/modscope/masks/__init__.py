@@ -2,27 +2,37 @@
 
 Csordás, van Steenkiste, Schmidhuber, "Are Neural Nets Modular? Inspecting Functional Modularity Through
 Differentiable Weight Masks", ICLR 2021, arXiv:2010.02066. :func:`train_masks` learns one binary mask per
-sub-task on a frozen model (any ``nn.Module``, all tasks in one vectorized loop); :class:`MaskSet` holds them;
-:func:`masked` applies one; :mod:`~modscope.masks.metrics` compares them; :func:`evaluate_masks`,
-:func:`p_specialize` and :func:`p_reuse` turn them into the papers' modularity measures.
+sub-task on a frozen model (any ``nn.Module``, all tasks in one vectorized loop), with a pluggable gate
+distribution (:class:`GumbelSigmoid`, :class:`HardConcrete`) and sparsity penalty (:class:`LogitPenalty`,
+:class:`ExpectedKeptPenalty`); :class:`MaskSet` holds them; :func:`masked` applies one;
+:mod:`~modscope.masks.metrics` compares them; :func:`evaluate_masks`, :func:`p_specialize` and
+:func:`p_reuse` turn them into the papers' modularity measures.
 """
 
 from modscope.masks.apply import masked, masked_call, masked_parameters
 from modscope.masks.evaluate import Condition, EvalResult, MaskEvalTable, evaluate_masks
+from modscope.masks.gates import Gate, GumbelSigmoid, HardConcrete
 from modscope.masks.mask import Mask
 from modscope.masks.maskset import MaskSet, model_fingerprint
 from modscope.masks.metrics import Overlap, Stability, iomin, iou, mask_stability, sharing
 from modscope.masks.modularity import Reuse, p_reuse, p_specialize, reference_score, relative_drop
+from modscope.masks.penalty import ExpectedKeptPenalty, LogitPenalty, Penalty
 from modscope.masks.selection import default_masked_names, select_parameters
 from modscope.masks.train import train_masks
 
 __all__ = [
     "Condition",
     "EvalResult",
+    "ExpectedKeptPenalty",
+    "Gate",
+    "GumbelSigmoid",
+    "HardConcrete",
+    "LogitPenalty",
     "Mask",
     "MaskEvalTable",
     "MaskSet",
     "Overlap",
+    "Penalty",
     "Reuse",
     "Stability",
     "default_masked_names",

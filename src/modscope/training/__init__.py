@@ -3,8 +3,9 @@
 * :func:`train` -- a seeded, deterministic (on CPU), checkpointed and resumable training loop: Adam or SGD,
   dropout (in the model), L1/L2 weight penalties, gradient clipping, cross-entropy over one or several
   digit classes per example (the arithmetic tasks of Csordás et al., arXiv:2010.02066), MSE or any loss,
-  an evaluation set, a progress callback ``progress(step, total_steps, info)``; returns a
-  :class:`TrainResult` (frozen, JSON via ``to_dict``). :func:`evaluate` gives loss and accuracy.
+  an evaluation set, a progress callback ``progress(label, step, total_steps, info)``; returns a
+  :class:`TrainResult` (frozen, JSON via ``to_dict``). :func:`evaluate` gives loss and accuracy. The loop
+  is a driver over :func:`train_step` (one update) and :class:`LoopState` (the position a checkpoint holds).
 * :class:`PruneSchedule` -- magnitude pruning after training with a polynomial per-layer sparsity schedule
   (50% -> 90%, every 10 steps), on ``torch.nn.utils.prune``; ``train(..., prune=PruneSchedule())``
   runs the pruning phase (Filan et al., "Clusterability in Neural Networks", arXiv:2103.03386).
@@ -20,15 +21,19 @@
 The library never prints; it logs to ``logging.getLogger("modscope.training...")``.
 """
 
+from modscope.progress import Progress
 from modscope.training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from modscope.training.data import as_tensors
+from modscope.training.evaluation import evaluate
 from modscope.training.init import ModuleAssignment, clusterable_init
-from modscope.training.loop import OPTIMIZERS, Progress, Regularizer, evaluate, train
+from modscope.training.loop import train
 from modscope.training.losses import IGNORE_INDEX, LOSSES, cross_entropy, mse
 from modscope.training.prune import PruneSchedule, layer_sparsity
 from modscope.training.regularizer import clusterability_penalty, path_flow, weight_penalty
 from modscope.training.result import EpochRecord, Evaluation, TrainResult
 from modscope.training.save import TRAINING_FORMAT, save_trained
+from modscope.training.state import LoopState
+from modscope.training.step import OPTIMIZERS, Regularizer, StepOutput, train_step
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -38,10 +43,12 @@ __all__ = [
     "TRAINING_FORMAT",
     "EpochRecord",
     "Evaluation",
+    "LoopState",
     "ModuleAssignment",
     "Progress",
     "PruneSchedule",
     "Regularizer",
+    "StepOutput",
     "TrainResult",
     "as_tensors",
     "clusterability_penalty",
@@ -55,5 +62,6 @@ __all__ = [
     "save_checkpoint",
     "save_trained",
     "train",
+    "train_step",
     "weight_penalty",
 ]

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["as_tensors"]
+__all__ = ["as_tensors", "on_device"]
 
 
 def as_tensors(dataset: Any, what: str = "dataset") -> tuple[Tensor, Tensor]:
@@ -50,6 +50,13 @@ def as_tensors(dataset: Any, what: str = "dataset") -> tuple[Tensor, Tensor]:
     if not (y.is_floating_point() or y.is_complex()) and y.dtype != torch.bool:
         y = y.long()
     return x, y
+
+
+def on_device(data: tuple[Tensor, Tensor], device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``(inputs, targets)`` moved to ``device``; floating-point inputs cast to ``dtype`` (the model's)."""
+    x, y = data
+    x = x.to(device, dtype) if x.is_floating_point() else x.to(device)
+    return x, y.to(device)
 
 
 def _tensor(a: Any, what: str, part: str) -> Tensor:

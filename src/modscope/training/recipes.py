@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from modscope.models import build_model, normalize_spec, parse_spec
+from modscope.progress import Progress
 from modscope.training.init import clusterable_init
 from modscope.training.loop import train
 from modscope.training.prune import PruneSchedule
@@ -184,19 +185,20 @@ def run_recipe(
     heldout: float = 0.1,
     init: str = "glorot",
     clip_grad_norm: float | None = None,
-    progress: Callable[[str, int, int, dict], None] | None = None,
+    progress: Progress | None = None,
     checkpoint: str | None = None,
 ) -> tuple[nn.Module, dict[str, Any], list[TrainResult], dict[str, Any]]:
     """Train the network of recipe ``name``.
 
     Returns ``(model, spec, results, config)``: the trained (and pruned) model, its spec dict, one
     :class:`TrainResult` per phase (training, then pruning when ``prune``), and the settings as JSON.
-    ``epochs``/``steps`` override the recipe's length (one of them); ``progress(phase, step, total, info)``
-    is called after every update; ``spec`` replaces the recipe's model spec template (same fields, e.g.
-    ``"mlp:{in}-64x4-{out}"`` for a smaller network); ``heldout`` the share of pairs the arithmetic tasks hold
-    out (:func:`load_task_data`); ``init`` the initialization (:func:`~modscope.models.build_model`);
-    ``clip_grad_norm`` clips the gradient norm of every update (Csordás et al.: 1.0); ``checkpoint`` is a
-    path prefix: each phase checkpoints to ``{checkpoint}.{phase}.pt`` and resumes from it.
+    ``epochs``/``steps`` override the recipe's length (one of them); ``progress(label, step, total,
+    info)`` is called after every update (label ``"train"``, then ``"prune"``); ``spec`` replaces the
+    recipe's model spec template (same fields, e.g. ``"mlp:{in}-64x4-{out}"`` for a smaller network);
+    ``heldout`` the share of pairs the arithmetic tasks hold out (:func:`load_task_data`); ``init`` the
+    initialization (:func:`~modscope.models.build_model`); ``clip_grad_norm`` clips the gradient norm of
+    every update (Csordás et al.: 1.0); ``checkpoint`` is a path prefix: each phase checkpoints to
+    ``{checkpoint}.{phase}.pt`` and resumes from it.
     """
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose one of {sorted(RECIPES)}")
@@ -221,21 +223,18 @@ def run_recipe(
     assignment = clusterable_init(model, seed=seed) if clusterable else None
     trained = task.wrap(model) if task.wrap else model
 
-    def phase(label: str):
-        return None if progress is None else (lambda step, total, info: progress(label, step, total, info))
-
     common = dict(
         batch_size=recipe.batch_size, lr=recipe.lr, l1=l1, l2=l2, seed=seed, eval_set=task.test,
         clip_grad_norm=clip_grad_norm,
     )  # fmt: skip
     results = [
-        train(trained, task.train, epochs=recipe.epochs, steps=recipe.steps, progress=phase("train"),
+        train(trained, task.train, epochs=recipe.epochs, steps=recipe.steps, progress=progress,
               checkpoint=f"{checkpoint}.train.pt" if checkpoint else None, **common)
     ]  # fmt: skip
     if prune:
         prune_length = {"epochs": recipe.prune_epochs} if recipe.epochs else {"steps": recipe.steps}
         results.append(
-            train(trained, task.train, prune=PruneSchedule(), progress=phase("prune"),
+            train(trained, task.train, prune=PruneSchedule(), progress=progress,
                   checkpoint=f"{checkpoint}.prune.pt" if checkpoint else None, **prune_length,
                   **common)
         )  # fmt: skip
