@@ -107,17 +107,8 @@ def private_imports() -> list[str]:
     return sorted(out)
 
 
-# Known when this test was written (issue 11), in files other changes own; remove an entry once it is fixed.
-KNOWN = {
-    "tests/test_cluster.py: modscope.cluster.clusterability._child",
-    "tests/test_cluster.py: modscope.cluster.clusterability._seeds",
-    "tests/test_report.py: modscope.report.html._html_table",
-}
-
-
 def test_no_package_imports_another_packages_private_names():
-    found = [f for f in private_imports() if f"{f.split(':')[0]}: {f.split(': ', 1)[1]}" not in KNOWN]
-    assert found == []
+    assert private_imports() == []
 
 
 def test_the_checker_sees_private_imports(tmp_path, monkeypatch):

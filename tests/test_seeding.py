@@ -32,7 +32,7 @@ def test_streams_differ_by_seed_and_purpose():
 
 @pytest.mark.parametrize("bad", [-1, None, 1.5, True, "3", 2**63])
 def test_bad_seeds_name_the_parameter(bad):
-    with pytest.raises(ValueError, match="n_seed must be (a non-negative int|below 2\\*\\*63), got"):
+    with pytest.raises(ValueError, match="n_seed must be a non-negative int"):
         check_seed(bad, "n_seed")
     with pytest.raises(ValueError, match="seed"):
         derive(bad, "x")

@@ -35,7 +35,7 @@ def check_seed(seed: Any, name: str = "seed") -> int:
     if seed < 0:
         raise ValueError(f"{name} must be a non-negative int, got {seed!r}")
     if seed > MAX_SEED:
-        raise ValueError(f"{name} must be below 2**63, got {seed!r}")
+        raise ValueError(f"{name} must be a non-negative int below 2**63, got {seed!r}")
     return int(seed)
 
 

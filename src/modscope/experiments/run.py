@@ -28,11 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from modscope.atomic import finite, remove_stale_temps, write_json_atomic
+from modscope.progress import Progress, notify
 
 __all__ = ["Progress", "Run"]
-
-#: ``progress(label, done, total, info)``: ``label`` names a bar (``"networks"``, ``"train"``, ...).
-Progress = Callable[[str, int, int, dict], None]
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
 
@@ -173,9 +171,9 @@ class Run:
         self._save_seconds()
         return doc
 
-    def report(self, label: str, done: int, total: int, info: dict | None = None) -> None:
-        if self.progress is not None:
-            self.progress(label, done, total, info or {})
+    def report(self, label: str, done: int, total: int, info: Mapping[str, Any] | None = None) -> None:
+        """The library's progress protocol (:mod:`modscope.progress`), passed on to the run's callback."""
+        notify(self.progress, label, done, total, info)
 
     def seconds(self) -> float:
         """Wall time of this run, summed over resumed segments."""
