@@ -216,6 +216,12 @@ def test_missing_model_renders_a_notice_instead_of_the_drawing(run_dir, tmp_path
     assert len(_images(html)) == 1  # the histogram is still drawn
 
 
+def test_the_spread_of_the_k_means_restarts_is_printed(run_dir, tmp_path):
+    html = render_html(_only_clusterability(run_dir, restarts=[1.25, 1.5, 1.375]), tmp_path)
+    assert "best of 3 k-means restarts, which ranged 1.25–1.5" in html
+    assert "k-means restarts" not in render_html(_only_clusterability(run_dir), tmp_path)
+
+
 def test_labels_that_do_not_fit_the_model_give_a_notice(run_dir):
     labels = RunResult.load(run_dir / "results.json").sections[1]["labels"]
     html = render_html(_only_clusterability(run_dir, labels=labels[:-1]), run_dir)
@@ -334,6 +340,8 @@ def test_section_constructors_build_valid_sections_and_refuse_bad_ones():
         (lambda: table("T", ["a", "b"], [[1]]), "does not have one cell per column"),
         (lambda: clusterability_section("C", network="n", k=1, ncut=0.5, nulls={}), "'k' must be an int"),
         (lambda: clusterability_section("C", network="n", k=2, ncut=0.5, nulls={"layer": 0.5}), "'nulls'"),
+        (lambda: clusterability_section("C", network="n", k=2, ncut=0.5, nulls={}, restarts=[]), "restarts"),
+        (lambda: clusterability_section("C", network="n", k=2, ncut=1, nulls={}, restarts=["x"]), "restarts"),
         (lambda: lines_section("S", xlabel="x", ylabel="y", series={}, xscale="symlog"), "'xscale'"),
         (lambda: lesions_section("L", classes=["0"], modules=[{"name": "m", "label": "important",
                                                              "class_damage": [0.1, 0.2]}]),

@@ -170,7 +170,8 @@ def _clusterability_unit(run: Run, config: Mapping[str, Any], template: str, ste
             )  # fmt: skip
             # The network's own partition depends on the seed only, so both tests share it.
             d = result.to_dict()
-            doc.update(ncut=d["ncut"], k=d["k"], labels=d["partition"]["labels"])
+            p = d["partition"]
+            doc.update(ncut=d["ncut"], k=d["k"], labels=p["labels"], restarts=p["ncut_restarts"])
             nulls[kind] = {
                 n: d[n] for n in ("null_ncuts", "null_mean", "null_std", "z", "p_value", "below_all")
             }
@@ -316,7 +317,7 @@ def _representative(units: Mapping[str, Mapping[str, Any]]) -> dict:
     return clusterability_section(
         f"One pruned control network ({key}) against its shuffles", network=key, k=u["k"], ncut=u["ncut"],
         nulls={kind: u["shuffles"][kind]["null_ncuts"] for kind in SHUFFLES}, model=u["model"],
-        labels=u["labels"],
+        labels=u["labels"], restarts=u.get("restarts") or None,
     )  # fmt: skip
 
 

@@ -303,6 +303,7 @@ def _result(run, config, net, layer, nonzero, les, masks, inside) -> RunResult:
             "Clusters of the pruned network", network="digits MLP, pruned", k=layer.k, ncut=layer.ncut,
             nulls={"layer": layer.null_ncuts.tolist(), "layer_nonzero": nonzero.null_ncuts.tolist()},
             model=net["model"], labels=layer.partition.labels.tolist(),
+            restarts=layer.partition.ncut_restarts.tolist() or None,
         ),
         lesion_section(
             "Lesions of the modules (hidden layer x cluster)", [str(c) for c in range(10)], study,

@@ -327,8 +327,14 @@ def _clusterability(section: Mapping[str, Any], model: tuple[Path, bool] | None)
                 caption=f"n-cuts of {null.size} '{shuffle}' shuffles; the line is {network}.",
             )
         )
+    restarts = section.get("restarts")
+    spread = (
+        f"; best of {len(restarts)} k-means restarts, which ranged {format_cell(min(restarts))}"
+        f"–{format_cell(max(restarts))}"
+        if restarts else ""
+    )
     out = (
-        f"<p>{escape(network)}: k = {k}, n-cut = <strong>{escape(format_cell(ncut))}</strong>"
+        f"<p>{escape(network)}: k = {k}, n-cut = <strong>{escape(format_cell(ncut))}</strong>{escape(spread)}"
         " (lower is more clusterable; p is one-sided, the share of shuffles at or below it).</p>"
     )
     out += _html_table(["null", "shuffles", "mean", "sd", "z", "p", "below all"], rows)

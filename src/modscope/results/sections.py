@@ -30,14 +30,18 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], not
 
 def clusterability_section(
     title: str, *, network: str, k: int, ncut: float | None, nulls: Mapping[str, Sequence[float | None]],
-    model: str | None = None, labels: Sequence[int] | None = None,
+    model: str | None = None, labels: Sequence[int] | None = None, restarts: Sequence[float] | None = None,
 ) -> dict:  # fmt: skip
     """A ``"clusterability"`` section: ``network``'s n-cut at ``k`` clusters against each null's n-cuts;
-    ``model`` (relative to results.json) and ``labels`` (one per graph node) let the report draw it."""
+    ``model`` (relative to results.json) and ``labels`` (one per graph node) let the report draw it;
+    ``restarts``, the n-cut of each k-means restart (``Partition.ncut_restarts``), shows how far the
+    reported n-cut (their minimum) could move with the seed."""
     doc = {
         "kind": "clusterability", "title": title, "network": network, "k": k, "ncut": ncut,
         "nulls": {str(s): _list(v) for s, v in nulls.items()}, "model": model, "labels": _list(labels),
     }  # fmt: skip
+    if restarts is not None:
+        doc["restarts"] = _list(restarts)
     return _checked(doc)
 
 
@@ -142,6 +146,9 @@ def _check_clusterability(section: Mapping[str, Any]) -> None:
     labels = section.get("labels")
     if labels is not None and not (is_list(labels) and all(isinstance(v, int) for v in labels)):
         _fail(section, "'labels' must be a list of cluster numbers, one per graph node, or null")
+    restarts = section.get("restarts")
+    if restarts is not None and not (is_list(restarts) and restarts and all(is_number(v) for v in restarts)):
+        _fail(section, "'restarts' must be a non-empty list of n-cuts, one per k-means restart")
 
 
 def _check_masks(section: Mapping[str, Any]) -> None:
