@@ -62,6 +62,8 @@ def test_json_result_is_consistent(run_once):
     result.save(run_once[1].with_name("lib.json"))
     again = ClusterabilityResult.load(run_once[1].with_name("lib.json"))
     assert again.ncut == result.ncut and np.array_equal(again.partition.labels, result.partition.labels)
+    # ... and so does the CLI's document, which nests the result beside the model and the settings.
+    assert ClusterabilityResult.load(run_once[1]).to_dict() == result.to_dict()
 
 
 def test_summary_is_printed(tmp_path, capsys):

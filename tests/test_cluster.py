@@ -266,7 +266,7 @@ def test_clusterability_nonzero_shuffle_and_round_trip(planted_graph, tmp_path):
     back = ClusterabilityResult.load(path)
     assert back.to_dict() == r.to_dict() and back.shuffle == "layer_nonzero"
     path.write_text("{not json")
-    with pytest.raises(ValueError, match="not a clusterability result"):
+    with pytest.raises(ValueError, match=r"r\.json' is not a saved ClusterabilityResult"):
         ClusterabilityResult.load(path)
 
 
@@ -434,9 +434,9 @@ def test_partition_from_dict_validates():
 def test_partition_load_errors_name_the_file(tmp_path):
     path = tmp_path / "p.json"
     path.write_text("[1, 2]")
-    with pytest.raises(ValueError, match=r"p\.json is not a partition"):
+    with pytest.raises(ValueError, match=r"p\.json' is not a saved Partition"):
         Partition.load(path)
-    with pytest.raises(ValueError, match=r"missing\.json"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.json"):
         Partition.load(tmp_path / "missing.json")
 
 

@@ -1,31 +1,19 @@
-"""A clustering of a graph's nodes, with every setting that produced it, and the JSON persistence shared
-by the clustering results (:class:`Partition`, :class:`~modscope.cluster.ClusterabilityResult`).
+"""A clustering of a graph's nodes, with every setting that produced it.
 
-Persistence convention: ``to_dict()`` gives plain JSON types, ``from_dict(d)`` validates and rebuilds,
-``save(path)`` writes JSON atomically (:mod:`modscope.atomic`), ``load(path)`` reads it back; loading never
-executes anything (JSON only) and a malformed file is a ``ValueError`` naming the file.
+Persisted as every modscope result is (:mod:`modscope.persist`): ``to_dict`` / ``from_dict`` (which
+validates), ``save`` / ``load`` as JSON.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import MISSING, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from modscope.atomic import write_json_atomic
-
-
-def read_json(path: str | os.PathLike, what: str) -> Any:
-    """The JSON document at ``path``; ValueError naming the file and ``what`` it should hold otherwise."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} is not a {what}: {exc}") from exc
+from modscope.persist import JsonResult
 
 
 def check_keys(d: Any, cls: type, what: str) -> dict[str, Any]:
@@ -52,7 +40,7 @@ def _array(d: dict, key: str, dtype: Any, ndim: int = 1) -> np.ndarray:
 
 
 @dataclass(frozen=True, repr=False)
-class Partition:
+class Partition(JsonResult):
     """A clustering of a graph's nodes (:func:`~modscope.cluster.spectral_partition`).
 
     Attributes
@@ -139,19 +127,6 @@ class Partition:
         if d["ncut"] is None or not math.isfinite(d["ncut"]):
             d["ncut"] = float("nan")
         return cls(**d)
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write :meth:`to_dict` as JSON, atomically (a crash never leaves half a file)."""
-        write_json_atomic(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> Partition:
-        """Read :meth:`save`'s JSON."""
-        doc = read_json(path, "partition")
-        try:
-            return cls.from_dict(doc)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise ValueError(f"{path} is not a partition: {exc}") from exc
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())

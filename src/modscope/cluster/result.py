@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
-from modscope.atomic import write_json_atomic
-from modscope.cluster.partition import Partition, check_keys, read_json
+from modscope.cluster.partition import Partition, check_keys
+from modscope.persist import JsonResult, data_frame
 from modscope.seeding import derive
 
 
@@ -20,7 +19,7 @@ def shuffle_seed(seed: int, j: int) -> int:
 
 
 @dataclass(frozen=True, repr=False)
-class ClusterabilityResult:
+class ClusterabilityResult(JsonResult):
     """Outcome of :func:`~modscope.cluster.clusterability`.
 
     Attributes
@@ -81,23 +80,14 @@ class ClusterabilityResult:
     def to_frame(self) -> Any:
         """The nulls as a ``pandas.DataFrame``, one row per shuffle (index ``shuffle``): its ``seed``
         (:func:`shuffle_seed`), ``ncut``, ``restarts`` and ``at_or_below`` (n-cut <= the network's)."""
-        try:
-            import pandas as pd
-        except ImportError as exc:
-            raise ImportError(
-                "ClusterabilityResult.to_frame() needs pandas, which is optional: pip install pandas"
-            ) from exc
         n = self.n_shuffles
         restarts = self.null_restarts if self.null_restarts.size == n else np.full(n, -1)
-        return pd.DataFrame(
-            {
-                "seed": [shuffle_seed(self.seed, j) for j in range(n)],
-                "ncut": self.null_ncuts,
-                "restarts": restarts,
-                "at_or_below": self.null_ncuts <= self.ncut,
-            },
-            index=pd.RangeIndex(n, name="shuffle"),
-        )
+        rows = (
+            {"shuffle": j, "seed": shuffle_seed(self.seed, j), "ncut": float(self.null_ncuts[j]),
+             "restarts": int(restarts[j]), "at_or_below": bool(self.null_ncuts[j] <= self.ncut)}
+            for j in range(n)
+        )  # fmt: skip
+        return data_frame(rows, ["shuffle", "seed", "ncut", "restarts", "at_or_below"]).set_index("shuffle")
 
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict[str, Any]:
@@ -111,6 +101,10 @@ class ClusterabilityResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ClusterabilityResult:
+        """Rebuild from :meth:`to_dict`, or from the JSON ``modscope cluster --json`` writes (which nests
+        the result beside the model and the settings)."""
+        if isinstance(d, dict) and "result" in d and "ncut" not in d:
+            d = d["result"]
         d = check_keys(d, cls, "clusterability result")
         d["partition"] = Partition.from_dict(d["partition"])
         d["null_ncuts"] = np.asarray(d["null_ncuts"], dtype=float)
@@ -120,20 +114,6 @@ class ClusterabilityResult:
         for key in ("z", "null_std"):
             d[key] = float("nan") if d[key] is None else d[key]
         return cls(**d)
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the result as JSON, atomically (a crash never leaves half a file)."""
-        write_json_atomic(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> ClusterabilityResult:
-        """Read :meth:`save`'s JSON, or the JSON written by ``modscope cluster --json``."""
-        doc = read_json(path, "clusterability result")
-        try:
-            # `modscope cluster --json` nests the result beside the model and settings.
-            return cls.from_dict(doc["result"] if "result" in doc and "ncut" not in doc else doc)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path} is not a clusterability result: {exc}") from exc
 
 
 def null_summary(ncut: float, null: np.ndarray) -> dict[str, Any]:
