@@ -13,6 +13,12 @@ count". Equal purposes give equal seeds, so a task's masks do not depend on whic
 
 The seeds of whole runs in a sweep stay plain and visible (network ``i`` of a reproduction trains with
 ``seed + i``), so that any one network of a sweep is the single run ``modscope train --seed seed+i``.
+
+One exception remains, kept on purpose for now: a training run's plain ``seed`` seeds both the network's
+initialization (``models.build_model``) and the order of its examples (``training.train``), two torch
+generators started from the same integer. Giving the order its own stream changes every trained network,
+so it lands together with the rerun of the published arithmetic sweeps (results/addmul-widths,
+results/double-addition-quick), whose numbers the code must keep reproducing until then.
 """
 
 from __future__ import annotations

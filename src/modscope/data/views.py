@@ -9,11 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from modscope.seeding import check_seed
+from modscope.seeding import check_seed, numpy_rng
 
 __all__ = ["PermutedView", "class_subset", "dataset_labels", "permuted"]
 
@@ -90,7 +89,8 @@ def permuted(
     ----------
     dataset : examples ``(x, y, ...)`` with ``x`` of shape ``(C, H, W)``, ``(H, W)`` or ``(D,)``.
     n_permutations : number of views returned.
-    seed : seed of ``numpy.random.default_rng``; the same seed gives the same permutations.
+    seed : view ``k`` is permuted by ``modscope.seeding.numpy_rng(seed, "permutation", k)``; the same seed
+        gives the same permutations.
     include_identity : if ``True`` (default), view 0 is the unpermuted data (identity permutation), as the
         first task of a permuted-images sequence usually is; views 1.. are random permutations. If
         ``False``, every view is a random permutation.
@@ -111,7 +111,7 @@ def permuted(
         if k == 0 and include_identity:
             perm = torch.arange(n)
         else:
-            perm = torch.from_numpy(np.random.default_rng([seed, k]).permutation(n))
+            perm = torch.from_numpy(numpy_rng(seed, "permutation", k).permutation(n))
         views.append(PermutedView(dataset, perm))
     return views
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from modscope.models import build_model, normalize_spec, parse_spec
 from modscope.progress import Progress
+from modscope.seeding import derive
 from modscope.training.init import clusterable_init
 from modscope.training.loop import train
 from modscope.training.prune import PruneSchedule
@@ -117,11 +118,12 @@ def load_task_data(dataset: str, seed: int = 0, root: str | None = None, heldout
         tr = data.load_images(dataset, root=root, train=True, seed=seed)
         te = data.load_images(dataset, root=root, train=False, seed=seed)
     elif dataset == "line":
-        tr, te = data.line(20000, seed=seed), data.line(4000, seed=seed + 1)
+        tr, te = data.line(20000, seed=seed), data.line(4000, seed=derive(seed, "test"))
     elif dataset == "halves":
         base_tr = data.load_images("fashion-mnist", root=root, train=True)
         base_te = data.load_images("fashion-mnist", root=root, train=False)
-        tr, te = data.halves(base_tr, 60000, seed=seed), data.halves(base_te, 10000, seed=seed + 1)
+        tr = data.halves(base_tr, 60000, seed=seed)
+        te = data.halves(base_te, 10000, seed=derive(seed, "test"))
     elif dataset == "addmul":
         tr = data.addmul("train", test_fraction=heldout, seed=seed)
         te = data.addmul("test", test_fraction=heldout, seed=seed) if heldout else tr
