@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from modscope.cluster import clusterability
-from modscope.experiments import RunResult, reproduce, structural
+from modscope.experiments import RunResult, lesions, reproduce, structural
 from modscope.experiments.clusterability import ROWS
 from modscope.experiments.structural import network_seeds
 from modscope.graph import SHUFFLES
-from modscope.lesion import LABELS
+from modscope.lesion import LABELS, UNTESTED
 from modscope.models import build_model, load_model, parse_spec
 from modscope.results import module_name
 from modscope.seeding import derive
@@ -242,8 +242,8 @@ def test_lesions_results_and_sections(lesioned):
     for m, raw in zip(section["modules"], study["modules"]):
         assert m["name"] == module_name(raw["layer_name"], raw["cluster"])
         assert re.fullmatch(r"fc[12]/c([0-9]|1[01])", m["name"])
-        assert m["label"] in LABELS and len(m["class_damage"]) == 10
-        assert m["p_important"] >= 1 / 21 and m["damage"] == raw["damage"]
+        assert m["label"] in LABELS and len(m["class_damage"]) == 10 and m["damage"] == raw["damage"]
+        assert m["p_important"] is None if m["label"] == "whole layer" else m["p_important"] >= 1 / 21
     important = {m["name"] for m in section["modules"] if m["label"] == "important"}
     assert len(important) >= 2  # (6 here) so that the pairs are exercised
     assert len(section["pairs"]) == len(important) * (len(important) - 1) // 2
@@ -255,6 +255,7 @@ def test_lesions_results_and_sections(lesioned):
     assert row[col["modules"]] == len(study["modules"])
     assert row[col["important"]] == len(important)
     assert row[col["prunable"]] == sum(m["label"] == "prunable" for m in study["modules"])
+    assert row[col["untestable"]] == sum(m["label"] in UNTESTED for m in study["modules"])
     assert row[col["combined p"]] == study["combined_p"]
     assert (
         row[col["interacting pairs"]]
@@ -262,6 +263,32 @@ def test_lesions_results_and_sections(lesioned):
     )
     (claim,) = result.claims
     assert claim["agrees"] is (len(important) > 0 and study["combined_p"] <= 0.05)
+
+
+def test_lesion_summary_counts_whole_layer_modules_apart():
+    """A unit whose study has a whole-layer module: counted as untestable in the table and the claim,
+    shown with its damage and no p in the section."""
+
+    def module(layer, cluster, label, p, damage):
+        return {"layer": layer, "layer_name": f"fc{layer}", "cluster": cluster, "units": [0, 1],
+                "damage": damage, "class_damage": [damage] * 10,
+                "random_damage": [] if p is None else [0.0] * 20, "p_important": p,
+                "p_prunable": None if p is None else 1.0, "label": label}  # fmt: skip
+
+    modules = [module(1, 0, "important", 1 / 21, 0.1), module(2, 3, "whole layer", None, 0.75)]
+    study = {"accuracy": 0.9, "class_accuracy": [0.9] * 10, "modules": modules, "combined_p": 1 / 21,
+             "n_random": 20, "alpha": 0.05, "seed": 0, "min_units": 2, "n_eval": 100}  # fmt: skip
+    unit = {"accuracy": 0.9, "ncut": 3.0, "study": study, "pairs": []}
+    lesions._check_unit(unit)
+    config = {"k": 12, "min_units": 2, "test_examples": 100, "n_random": 20}
+    summary = lesions._summary({"pruned-0": unit}, config)
+    row = dict(zip(summary["columns"], summary["rows"][0]))
+    assert (row["modules"], row["important"], row["prunable"], row["untestable"]) == (2, 1, 0, 1)
+    assert "1/2 modules important (1 untestable)" in lesions._claim({"pruned-0": unit}, config)["ours"]
+    section = lesions._section("pruned-0", unit, [str(c) for c in range(10)])
+    whole = section["modules"][1]
+    assert (whole["name"], whole["label"], whole["p_important"], whole["damage"]) == ("fc2/c3", "whole layer",
+                                                                                     None, 0.75)  # fmt: skip
 
 
 def test_lesioned_network_is_the_clusterability_pruned_control(lesioned, clustered):
