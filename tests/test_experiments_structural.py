@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from modscope.cluster import clusterability
-from modscope.experiments import RunResult, lesions, reproduce, structural
+from modscope.experiments import RunResult, reproduce, structural
 from modscope.experiments.clusterability import ROWS
 from modscope.experiments.structural import network_seeds
 from modscope.graph import SHUFFLES
@@ -265,30 +265,26 @@ def test_lesions_results_and_sections(lesioned):
     assert claim["agrees"] is (len(important) > 0 and study["combined_p"] <= 0.05)
 
 
-def test_lesion_summary_counts_whole_layer_modules_apart():
-    """A unit whose study has a whole-layer module: counted as untestable in the table and the claim,
-    shown with its damage and no p in the section."""
-
-    def module(layer, cluster, label, p, damage):
-        return {"layer": layer, "layer_name": f"fc{layer}", "cluster": cluster, "units": [0, 1],
-                "damage": damage, "class_damage": [damage] * 10,
-                "random_damage": [] if p is None else [0.0] * 20, "p_important": p,
-                "p_prunable": None if p is None else 1.0, "label": label}  # fmt: skip
-
-    modules = [module(1, 0, "important", 1 / 21, 0.1), module(2, 3, "whole layer", None, 0.75)]
-    study = {"accuracy": 0.9, "class_accuracy": [0.9] * 10, "modules": modules, "combined_p": 1 / 21,
-             "n_random": 20, "alpha": 0.05, "seed": 0, "min_units": 2, "n_eval": 100}  # fmt: skip
-    unit = {"accuracy": 0.9, "ncut": 3.0, "study": study, "pairs": []}
-    lesions._check_unit(unit)
-    config = {"k": 12, "min_units": 2, "test_examples": 100, "n_random": 20}
-    summary = lesions._summary({"pruned-0": unit}, config)
-    row = dict(zip(summary["columns"], summary["rows"][0]))
-    assert (row["modules"], row["important"], row["prunable"], row["untestable"]) == (2, 1, 0, 1)
-    assert "1/2 modules important (1 untestable)" in lesions._claim({"pruned-0": unit}, config)["ours"]
-    section = lesions._section("pruned-0", unit, [str(c) for c in range(10)])
-    whole = section["modules"][1]
-    assert (whole["name"], whole["label"], whole["p_important"], whole["damage"]) == ("fc2/c3", "whole layer",
-                                                                                     None, 0.75)  # fmt: skip
+def test_lesion_summary_counts_whole_layer_modules_apart(lesioned, tmp_path):
+    """A unit whose study has a whole-layer module (edited into a copy of the run, which then resumes):
+    counted as untestable in the table and the claim, shown with its damage and no p in the section."""
+    out, _, _ = lesioned
+    shutil.copytree(out, tmp_path / "run")
+    path = tmp_path / "run" / "units" / "pruned-0.json"
+    unit = json.loads(path.read_text())
+    whole = unit["study"]["modules"][0]
+    whole.update(label="whole layer", p_important=None, p_prunable=None, random_damage=[])
+    path.write_text(json.dumps(unit))
+    result, rec = _run("lesions", tmp_path / "run", LESIONS)
+    assert rec.labels == {"networks"}  # read back, not recomputed
+    modules = unit["study"]["modules"]
+    row = dict(zip(result.summary["columns"], result.summary["rows"][0]))
+    assert row["untestable"] == 1 and row["modules"] == len(modules)
+    assert row["important"] == sum(m["label"] == "important" for m in modules)
+    important = row["important"]
+    assert f"{important}/{len(modules)} modules important (1 untestable)" in result.claims[0]["ours"]
+    shown = result.sections[0]["modules"][0]
+    assert (shown["label"], shown["p_important"], shown["damage"]) == ("whole layer", None, whole["damage"])
 
 
 def test_lesioned_network_is_the_clusterability_pruned_control(lesioned, clustered):
