@@ -20,7 +20,7 @@ from modscope.experiments import RunResult, reproduce, structural
 from modscope.experiments.clusterability import ROWS
 from modscope.experiments.structural import network_seeds
 from modscope.graph import SHUFFLES
-from modscope.lesion import LABELS
+from modscope.lesion import LABELS, UNTESTED
 from modscope.models import build_model, load_model, parse_spec
 from modscope.results import module_name
 from modscope.seeding import derive
@@ -242,8 +242,8 @@ def test_lesions_results_and_sections(lesioned):
     for m, raw in zip(section["modules"], study["modules"]):
         assert m["name"] == module_name(raw["layer_name"], raw["cluster"])
         assert re.fullmatch(r"fc[12]/c([0-9]|1[01])", m["name"])
-        assert m["label"] in LABELS and len(m["class_damage"]) == 10
-        assert m["p_important"] >= 1 / 21 and m["damage"] == raw["damage"]
+        assert m["label"] in LABELS and len(m["class_damage"]) == 10 and m["damage"] == raw["damage"]
+        assert m["p_important"] is None if m["label"] == "whole layer" else m["p_important"] >= 1 / 21
     important = {m["name"] for m in section["modules"] if m["label"] == "important"}
     assert len(important) >= 2  # (6 here) so that the pairs are exercised
     assert len(section["pairs"]) == len(important) * (len(important) - 1) // 2
@@ -255,6 +255,7 @@ def test_lesions_results_and_sections(lesioned):
     assert row[col["modules"]] == len(study["modules"])
     assert row[col["important"]] == len(important)
     assert row[col["prunable"]] == sum(m["label"] == "prunable" for m in study["modules"])
+    assert row[col["untestable"]] == sum(m["label"] in UNTESTED for m in study["modules"])
     assert row[col["combined p"]] == study["combined_p"]
     assert (
         row[col["interacting pairs"]]
@@ -262,6 +263,28 @@ def test_lesions_results_and_sections(lesioned):
     )
     (claim,) = result.claims
     assert claim["agrees"] is (len(important) > 0 and study["combined_p"] <= 0.05)
+
+
+def test_lesion_summary_counts_whole_layer_modules_apart(lesioned, tmp_path):
+    """A unit whose study has a whole-layer module (edited into a copy of the run, which then resumes):
+    counted as untestable in the table and the claim, shown with its damage and no p in the section."""
+    out, _, _ = lesioned
+    shutil.copytree(out, tmp_path / "run")
+    path = tmp_path / "run" / "units" / "pruned-0.json"
+    unit = json.loads(path.read_text())
+    whole = unit["study"]["modules"][0]
+    whole.update(label="whole layer", p_important=None, p_prunable=None, random_damage=[])
+    path.write_text(json.dumps(unit))
+    result, rec = _run("lesions", tmp_path / "run", LESIONS)
+    assert rec.labels == {"networks"}  # read back, not recomputed
+    modules = unit["study"]["modules"]
+    row = dict(zip(result.summary["columns"], result.summary["rows"][0]))
+    assert row["untestable"] == 1 and row["modules"] == len(modules)
+    assert row["important"] == sum(m["label"] == "important" for m in modules)
+    important = row["important"]
+    assert f"{important}/{len(modules)} modules important (1 untestable)" in result.claims[0]["ours"]
+    shown = result.sections[0]["modules"][0]
+    assert (shown["label"], shown["p_important"], shown["damage"]) == ("whole layer", None, whole["damage"])
 
 
 def test_lesioned_network_is_the_clusterability_pruned_control(lesioned, clustered):

@@ -65,6 +65,8 @@ def _document(model: str, labels: list[int], ncut: float) -> RunResult:
                  "class_damage": [0.5, -0.1, 0.2]},
                 {"name": module_name("fc2", 1), "label": "prunable", "p_important": 0.9, "damage": 0.0,
                  "class_damage": [0.0, 0.01, None]},
+                {"name": module_name("fc3", 0), "label": "whole layer", "p_important": None, "damage": 0.75,
+                 "class_damage": [0.75, 0.75, 0.75]},
             ],
             pairs=[{"a": "fc1/c0", "b": "fc2/c1", "interaction": 0.05, "p": 0.2}],
         ),
@@ -137,6 +139,16 @@ def test_layout_order_summary_claims_sections_then_config(page):
     assert "Accuracy per mask" in page and "Pairs of modules lesioned together" in page
     assert page.index("<pre>") > page.index("Lesions of the modules")  # config at the bottom
     assert "3 min 07 s" in page and "0.1.0" in page
+
+
+def test_whole_layer_modules_are_reported_as_untested(page, run_dir):
+    """A module that is its whole layer keeps its damage, shows no p, and the page says why."""
+    row = re.search(r"<tr><td>fc3/c0</td>.*?</tr>", page).group(0)
+    assert re.findall(r"<td[^>]*>(.*?)</td>", row) == ["fc3/c0", "whole layer", "–", "0.75"]
+    assert "whole layer: the module is every unit of its layer" in page
+    assert "untestable: " not in page  # only the labels present are explained
+    section = RunResult.load(run_dir / "results.json").sections[3]
+    assert section["modules"][2]["p_important"] is None
 
 
 def test_every_figure_is_an_embedded_png_of_the_drawn_size(page):
@@ -346,6 +358,11 @@ def test_section_constructors_build_valid_sections_and_refuse_bad_ones():
         (lambda: lesions_section("L", classes=["0"], modules=[{"name": "m", "label": "important",
                                                              "class_damage": [0.1, 0.2]}]),
          "2 class damages for 1 classes"),
+        (lambda: lesions_section("L", classes=["0"], modules=[{"name": "m", "label": None,
+                                                             "class_damage": [0.1]}]), "has the label None"),
+        (lambda: lesions_section("L", classes=["0"], modules=[{"name": "m", "label": "whole layer",
+                                                             "p_important": "nan", "class_damage": [0.1]}]),
+         "a number or null"),
         (lambda: masks_section("M", layers=["w"], sizes={"w": 1}, kept={"a": {"w": 1}}, iou={}, iomin={},
                                pair=["a"], accuracy=table("A", ["a"], [])), "'pair' must name two tasks"),
         (lambda: masks_section("M", layers=["w"], sizes={"w": 1}, kept={}, iou={}, iomin={}, pair=["a", "b"],

@@ -240,11 +240,13 @@ def _num(v: float | None) -> str:
 
 
 def _result(run, config, net, layer, nonzero, les, masks, inside) -> RunResult:
+    from modscope.lesion import UNTESTED
     from modscope.masks import MaskEvalTable
 
     study = les["study"]
     modules = study["modules"]
     n_important = sum(m["label"] == "important" for m in modules)
+    n_untested = sum(m["label"] in UNTESTED for m in modules)  # whole layers: no random set differs
     combined_p = study["combined_p"]
     interacting = sum(p["p_value"] <= study["alpha"] for p in les["pairs"])
     (ab, pab), (ba, pba) = masks["p_specialize"].items()
@@ -277,7 +279,8 @@ def _result(run, config, net, layer, nonzero, les, masks, inside) -> RunResult:
         {
             "paper": "Filan et al. 2021",
             "claim": "some clusters are important: lesioning them hurts more than random units",
-            "ours": f"{n_important} of {len(modules)} modules important, combined p = {combined_p:.3g}",
+            "ours": f"{n_important} of {len(modules)} modules important ({n_untested} untestable), "
+            f"combined p = {combined_p:.3g}",
             "agrees": bool(combined_p < 0.05),
         },
         {

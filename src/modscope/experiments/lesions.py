@@ -6,8 +6,10 @@ clusters, and every module -- the units of one hidden layer in one cluster, at l
 them -- is silenced in turn (SPEC §1.4, :mod:`modscope.lesion`). Its damage (drop in test accuracy) is
 compared with ``n_random`` random same-size sets of units of the same layer: ``p_important`` =
 (1 + #{random damage >= module damage}) / (1 + n_random) is never below 1/(n_random + 1), so at least 19
-random sets are needed for a module to be labelled important (p <= 0.05). The per-module p-values are
-combined with Fisher's method. Pairs of important modules are then lesioned together, and their
+random sets are needed for a module to be labelled important (p <= 0.05). A module that is its whole
+hidden layer, or whose layer holds fewer than 20 sets of its size, cannot be tested that way: it is
+counted as untestable (:mod:`modscope.lesion.controls`). The p-values of the tested modules are combined
+with Fisher's method. Pairs of important modules are then lesioned together, and their
 interaction (joint damage minus the two single damages) is tested against random pairs of sets of the same
 sizes. Damage is measured on the first ``test_examples`` examples of the test split: a study makes
 (1 + n_random) * (modules + 3 * pairs) passes over it (about 4,000 for a pruned 784-256x4-10 MLP), so the
@@ -34,7 +36,7 @@ from modscope.experiments.structural import (
     train_mlp,
 )
 from modscope.graph import WeightGraph
-from modscope.lesion import LesionStudy, lesion_modules, lesion_pairs
+from modscope.lesion import UNTESTED, LesionStudy, lesion_modules, lesion_pairs
 from modscope.results import RunResult, table
 from modscope.versions import versions
 
@@ -181,6 +183,7 @@ def _counts(u: Mapping[str, Any]) -> dict[str, Any]:
         "modules": len(modules),
         "important": sum(m["label"] == "important" for m in modules),
         "prunable": sum(m["label"] == "prunable" for m in modules),
+        "untestable": sum(m["label"] in UNTESTED for m in modules),
         "combined_p": u["study"]["combined_p"],
         "pairs": len(u["pairs"]),
         "interacting": sum(p["p_value"] <= ALPHA for p in u["pairs"]),
@@ -188,20 +191,22 @@ def _counts(u: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _summary(units: Mapping[str, Mapping[str, Any]], config: Mapping[str, Any]) -> dict:
-    columns = ["network", "test accuracy", "n-cut", "modules", "important", "prunable", "combined p",
-               "interacting pairs"]  # fmt: skip
+    columns = ["network", "test accuracy", "n-cut", "modules", "important", "prunable", "untestable",
+               "combined p", "interacting pairs"]  # fmt: skip
     rows = []
     for key, u in units.items():
         c = _counts(u)
         pairs = f"{c['interacting']}/{c['pairs']}"
-        counts = [c[name] for name in ("modules", "important", "prunable", "combined_p")]
+        counts = [c[name] for name in ("modules", "important", "prunable", "untestable", "combined_p")]
         rows.append([key, u["accuracy"], u["ncut"], *counts, pairs])
     note = (
         f"k = {config['k']}; modules of at least {config['min_units']} units; damage on the first "
         f"{config['test_examples']} test examples; {config['n_random']} random "
         f"same-size lesions per module (smallest p = 1/{config['n_random'] + 1}); labels at p <= {ALPHA}; "
-        f"combined p: Fisher's method over the modules' p_important; interacting pairs: pairs of important "
-        f"modules whose interaction has p <= {ALPHA}, out of all pairs tested."
+        f"untestable: modules that are their whole layer, or whose layer holds too few sets of their size "
+        f"for that level (not tested, damage still measured); combined p: Fisher's method over the tested "
+        f"modules' p_important; interacting pairs: pairs of important modules whose interaction has "
+        f"p <= {ALPHA}, out of all pairs tested."
     )
     return table("Lesions per network", columns, rows, note)
 
@@ -211,7 +216,8 @@ def _claim(units: Mapping[str, Mapping[str, Any]], config: Mapping[str, Any]) ->
     ok = [c["important"] > 0 and c["combined_p"] <= ALPHA for c in counts]
     possible = 1 / (config["n_random"] + 1) <= ALPHA
     ours = "; ".join(
-        f"{key}: {c['important']}/{c['modules']} modules important, combined p {c['combined_p']:.3g}"
+        f"{key}: {c['important']}/{c['modules']} modules important ({c['untestable']} untestable), "
+        f"combined p {c['combined_p']:.3g}"
         for key, c in zip(units, counts)
     )
     return {

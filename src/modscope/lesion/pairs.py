@@ -5,6 +5,12 @@ when their damages add up, positive when losing both hurts more than the sum (ea
 negative when one already does the other's harm. It is compared with the same quantity for ``n_random``
 random pairs of unit sets of the same sizes in the same layers (disjoint within a layer), two-sided:
 ``p = (1 + #{|random| >= |interaction|}) / (1 + n_random)``.
+
+Only modules labelled ``"important"`` are paired. A ``"whole layer"`` module, whatever its damage, is never
+one: each of its controls would be the module itself, so a pair's controls would keep it silenced and only
+vary the partner -- no comparison of the pair with random sets. ``"untestable"`` modules are not paired
+either (:mod:`modscope.lesion.controls`). An important module's layer holds at least ``1 / alpha`` sets of
+its size, so its pairs always have that many distinct control pairs.
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ def lesion_pairs(
     seed: int = 0,
     progress: Progress | None = None,
 ) -> PairStudy:
-    """Double lesions of every pair of ``"important"`` modules of ``study``, tested for interaction.
+    """Double lesions of every pair of ``"important"`` modules of ``study``, tested for interaction
+    (``"whole layer"`` and ``"untestable"`` modules are never important, so never paired).
 
     Parameters
     ----------

@@ -6,19 +6,27 @@ Each result follows modscope's persistence convention (:mod:`modscope.persist`):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from modscope.lesion.controls import TESTED, UNTESTED
 from modscope.persist import JsonResult, data_frame, nan_if_none
 
 __all__ = ["LABELS", "LesionStudy", "ModuleLesion", "PairLesion", "PairStudy"]
 
-LABELS = ("important", "prunable", "not significant")
+#: Every module label: the three outcomes of a test, then the two kinds of module that cannot be tested
+#: against random same-size sets of their layer (:mod:`modscope.lesion.controls`).
+LABELS = (*TESTED, *UNTESTED)
 
 
 def _floats(values: Any) -> tuple[float, ...]:
     return tuple(nan_if_none(v) for v in values)
+
+
+def _mean(values: tuple[float, ...]) -> float:
+    return sum(values) / len(values) if values else math.nan
 
 
 @dataclass(frozen=True)
@@ -27,8 +35,9 @@ class ModuleLesion:
 
     ``damage``: drop of the overall accuracy when ``units`` are silenced; ``class_damage``: drop per class,
     shape ``(n_classes,)``; ``random_damage``: the damage of each random same-size control, shape
-    ``(n_random,)``; ``p_important`` / ``p_prunable``: the one-sided tests against the controls; ``label``:
-    one of :data:`LABELS`.
+    ``(n_random,)`` (fewer when the layer holds fewer other sets of the module's size, none for a whole
+    layer); ``p_important`` / ``p_prunable``: the one-sided tests against the controls (NaN for a whole
+    layer); ``label``: one of :data:`LABELS`.
     """
 
     layer: int
@@ -60,8 +69,8 @@ class ModuleLesion:
             damage=nan_if_none(d["damage"]),
             class_damage=_floats(d["class_damage"]),
             random_damage=_floats(d["random_damage"]),
-            p_important=float(d["p_important"]),
-            p_prunable=float(d["p_prunable"]),
+            p_important=nan_if_none(d["p_important"]),
+            p_prunable=nan_if_none(d["p_prunable"]),
             label=d["label"],
         )
 
@@ -77,8 +86,9 @@ class ModuleLesion:
 class LesionStudy(JsonResult):
     """:func:`~modscope.lesion.lesion_modules`'s result: the intact model's ``accuracy`` and
     ``class_accuracy`` (shape ``(n_classes,)``), one :class:`ModuleLesion` per module, Fisher's combined
-    p-value of the modules' ``p_important`` (1.0 without modules), and the settings: ``n_random`` controls
-    per module, level ``alpha``, ``seed``, ``min_units``, and ``n_eval`` (examples evaluated per lesion)."""
+    p-value of the tested modules' ``p_important`` (those labelled ``"whole layer"`` or ``"untestable"``
+    are left out; 1.0 without tested modules), and the settings: ``n_random`` controls per module, level
+    ``alpha``, ``seed``, ``min_units``, and ``n_eval`` (examples evaluated per lesion)."""
 
     accuracy: float
     class_accuracy: tuple[float, ...]
@@ -120,9 +130,16 @@ class LesionStudy(JsonResult):
             n_eval=int(d["n_eval"]),
         )
 
+    @property
+    def n_tested(self) -> int:
+        """How many modules were tested against their controls (the others are ``"whole layer"`` or
+        ``"untestable"``); Fisher's ``combined_p`` combines these."""
+        return sum(m.label in TESTED for m in self.modules)
+
     def to_frame(self) -> Any:
         """One row per module: layer, layer_name, cluster, n_units, damage, the random controls' mean
-        damage, p_important, p_prunable, label, then ``damage_class_<c>`` per class (needs pandas)."""
+        damage (NaN without controls), their number n_controls, p_important, p_prunable, label, then
+        ``damage_class_<c>`` per class (needs pandas)."""
         classes = [f"damage_class_{c}" for c in range(self.n_classes)]
         rows = [
             {
@@ -131,7 +148,8 @@ class LesionStudy(JsonResult):
                 "cluster": m.cluster,
                 "n_units": len(m.units),
                 "damage": m.damage,
-                "random_damage_mean": sum(m.random_damage) / len(m.random_damage),
+                "random_damage_mean": _mean(m.random_damage),
+                "n_controls": len(m.random_damage),
                 "p_important": m.p_important,
                 "p_prunable": m.p_prunable,
                 "label": m.label,
@@ -139,15 +157,15 @@ class LesionStudy(JsonResult):
             }
             for m in self.modules
         ]
-        columns = ["layer", "layer_name", "cluster", "n_units", "damage", "random_damage_mean"]
+        columns = ["layer", "layer_name", "cluster", "n_units", "damage", "random_damage_mean", "n_controls"]
         return data_frame(rows, [*columns, "p_important", "p_prunable", "label", *classes])
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{self.count(label)} {label}" for label in LABELS)
         return (
             f"LesionStudy(accuracy={self.accuracy:.4g}, {len(self.modules)} modules: {counts}; "
-            f"combined_p={self.combined_p:.3g}; n_random={self.n_random}, alpha={self.alpha}, "
-            f"seed={self.seed}, min_units={self.min_units}, n_eval={self.n_eval})"
+            f"combined_p={self.combined_p:.3g} over {self.n_tested} tested; n_random={self.n_random}, "
+            f"alpha={self.alpha}, seed={self.seed}, min_units={self.min_units}, n_eval={self.n_eval})"
         )
 
 

@@ -5,18 +5,23 @@ units, :func:`~modscope.lesion.silence.silenced`) changes the per-class accuracy
 ``n_random`` random sets of the same size drawn from the same layer. The damage of a lesion is the drop
 in overall accuracy. Per module:
 
-* ``p_important`` = (1 + #{random damage >= module damage}) / (1 + n_random): the module hurts more than
-  chance;
-* ``p_prunable`` = (1 + #{random damage <= module damage}) / (1 + n_random): it hurts less than chance;
+* ``p_important`` = (1 + #{random damage >= module damage}) / (1 + #controls): the module hurts more
+  than chance;
+* ``p_prunable`` = (1 + #{random damage <= module damage}) / (1 + #controls): it hurts less than chance;
 * the label is ``"important"`` when ``p_important <= alpha``, ``"prunable"`` when ``p_prunable <= alpha``,
   else ``"not significant"``.
 
-Across modules the ``p_important`` values are combined with Fisher's method. Pairs of important modules:
+A module that is its whole layer has no control that differs from it (label ``"whole layer"``, p-values
+NaN), and one whose layer holds fewer than ``1 / alpha`` sets of its size cannot reach the level
+(``"untestable"``); when the layer holds at most ``n_random`` other such sets, all of them are the
+controls and the p-values are exact. :mod:`modscope.lesion.controls` gives the reasons. Across the tested
+modules the ``p_important`` values are combined with Fisher's method. Pairs of important modules:
 :mod:`modscope.lesion.pairs`.
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -27,6 +32,7 @@ from torch import Tensor, nn
 
 from modscope.cluster import Partition
 from modscope.graph import WeightGraph
+from modscope.lesion.controls import TESTED, control_sets, distinct_sets, verdict
 from modscope.lesion.results import LesionStudy, ModuleLesion
 from modscope.lesion.silence import silenced
 from modscope.progress import Progress, notify
@@ -130,7 +136,8 @@ def lesion_modules(
         over it, and a study makes ``1 + modules * (1 + n_random)`` of them.
     n_random : int, default 20
         Random same-size unit sets per module (the control), drawn from the module's layer. The smallest
-        p-value possible is ``1 / (1 + n_random)``.
+        p-value possible is ``1 / (1 + n_random)``. A layer with at most ``n_random`` other sets of the
+        module's size gives all of them instead (fewer lesions, exact p-values), a whole layer none.
     min_units : int, default 2
         Smaller modules are skipped.
     alpha : float, default 0.05
@@ -144,7 +151,8 @@ def lesion_modules(
 
     Returns
     -------
-    A :class:`~modscope.lesion.LesionStudy` with every setting above.
+    A :class:`~modscope.lesion.LesionStudy` with every setting above. Modules labelled ``"whole layer"``
+    or ``"untestable"`` keep their damage but are left out of its ``combined_p``.
     """
     n_random = check_int(n_random, "n_random", 1)
     min_units = check_int(min_units, "min_units", 1)
@@ -160,15 +168,11 @@ def lesion_modules(
         hurt, per_class = damage(model, graph, eval_set, base, {layer: units})
         rng = numpy_rng(seed, "lesion", layer, cluster)
         size = graph.layers[layer].size
-        random = np.array(
-            [
-                damage(model, graph, eval_set, base, {layer: rng.choice(size, units.size, replace=False)})[0]
-                for _ in range(n_random)
-            ]
-        )
-        p_imp = float((1 + np.count_nonzero(random >= hurt)) / (1 + n_random))
-        p_pru = float((1 + np.count_nonzero(random <= hurt)) / (1 + n_random))
-        label = "important" if p_imp <= alpha else "prunable" if p_pru <= alpha else "not significant"
+        controls = control_sets(size, units, n_random, rng)
+        random = np.array([damage(model, graph, eval_set, base, {layer: s})[0] for s in controls])
+        # exact up to the count at which 1 / count <= alpha: all verdict needs to know
+        distinct = distinct_sets(size, units.size, cap=math.ceil(1 / alpha))
+        p_imp, p_pru, label = verdict(hurt, random, distinct, alpha)
         out.append(
             ModuleLesion(
                 layer=layer,
@@ -185,7 +189,9 @@ def lesion_modules(
         )
         important = sum(m.label == "important" for m in out)
         notify(progress, "modules", len(out), len(modules), {"important": important})
-    combined = float(combine_pvalues([m.p_important for m in out], method="fisher").pvalue) if out else 1.0
+    # Untested modules' p-values (NaN for a whole layer) would only dilute the combined test.
+    tested = [m.p_important for m in out if m.label in TESTED]
+    combined = float(combine_pvalues(tested, method="fisher").pvalue) if tested else 1.0
     return LesionStudy(
         accuracy=float(base.mean()),
         class_accuracy=tuple(base.tolist()),

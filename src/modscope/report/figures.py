@@ -36,8 +36,12 @@ DPI = 110
 # Colour of the network's own value against its null, and of the two overlap measures.
 _NETWORK = "#c0392b"
 _IOU, _IOMIN = "#2e86c1", "#f5b041"
-# Tick-label colour of each lesion label (Filan et al. arXiv:2103.03386: important / prunable).
-LABEL_COLORS = {"important": "#c0392b", "prunable": "#1e8449", "not significant": "#566573"}
+# Tick-label colour of each lesion label (Filan et al. arXiv:2103.03386: important / prunable; modules that
+# cannot be tested against random sets of their layer: modscope.lesion.controls).
+LABEL_COLORS = {
+    "important": "#c0392b", "prunable": "#1e8449", "not significant": "#566573", "whole layer": "#7d3c98",
+    "untestable": "#7d3c98",
+}  # fmt: skip
 
 
 def new_figure(width: float, height: float) -> Figure:

@@ -411,6 +411,15 @@ def _lines(section: Mapping[str, Any]) -> str:
     return out
 
 
+# Labels of modules that random same-size sets of their layer cannot test (modscope.lesion.controls).
+_UNTESTED = {
+    "whole layer": "whole layer: the module is every unit of its layer, so each random set of its size is "
+    "the module itself: it is not tested (no p) and not in the combined p; its accuracy drop is measured.",
+    "untestable": "untestable: the module's layer holds fewer distinct sets of its size than the test needs "
+    "to reach its level, so no accuracy drop could be significant; it is not in the combined p.",
+}
+
+
 def _lesions(section: Mapping[str, Any]) -> str:
     """Module importance and per-class damage of lesions (Filan et al. arXiv:2103.03386)."""
     classes, modules = section["classes"], section["modules"]
@@ -424,6 +433,9 @@ def _lesions(section: Mapping[str, Any]) -> str:
         )
         rows = [[m["name"], m["label"], m.get("p_important"), m.get("damage")] for m in modules]
         out += _html_table(["module", "label", "p (vs random units)", "accuracy drop"], rows)
+        found = {str(m["label"]) for m in modules}
+        notes = [text for label, text in _UNTESTED.items() if label in found]
+        out += "".join(f'<p class="note">{escape(text)}</p>' for text in notes)
     else:
         out += _notice("No modules were lesioned.")
     pairs = section.get("pairs") or []

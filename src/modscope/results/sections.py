@@ -79,7 +79,8 @@ def lesions_section(
     pairs: Sequence[Mapping[str, Any]] = (),
 ) -> dict:  # fmt: skip
     """A ``"lesions"`` section: per module ``{"name", "label", "p_important", "damage", "class_damage"}``
-    (one damage per class), per pair of modules ``{"a", "b", "interaction", "p"}`` (a, b: module names)."""
+    (one damage per class; ``p_important`` null for a module that could not be tested, such as the label
+    ``"whole layer"``), per pair of modules ``{"a", "b", "interaction", "p"}`` (a, b: module names)."""
     keys = ("name", "label", "p_important", "damage", "class_damage")
     doc = {
         "kind": "lesions", "title": title, "classes": [str(c) for c in classes],
@@ -195,6 +196,10 @@ def _check_lesions(section: Mapping[str, Any]) -> None:
         if not is_list(m["class_damage"]) or len(m["class_damage"]) != n_classes:
             _fail(section, f"module {m['name']!r} has {len(m['class_damage'])} class damages for {n_classes} "
                   "classes")  # fmt: skip
+        if not isinstance(m["label"], str) or not m["label"]:
+            _fail(section, f"module {m['name']!r} has the label {m['label']!r}: a word such as 'important'")
+        if m.get("p_important") is not None and not is_number(m["p_important"]):
+            _fail(section, f"module {m['name']!r} has p_important {m['p_important']!r}: a number or null")
     pairs = section.get("pairs") or []
     if not is_list(pairs) or not all(isinstance(p, Mapping) for p in pairs):
         _fail(section, "'pairs' must be a list of {a, b, interaction, p} objects")
