@@ -1,0 +1,296 @@
+"""``torch.export`` archives (``.pt2``): checked before loading, then rebuilt as plain ``torch.nn`` layers.
+
+Safety
+------
+``torch.export.load`` is not safe on untrusted files by itself (its own docstring says so): it unpickles
+tensor-subclass weights and opaque constants with ``pickle``, falls back to ``torch.load(weights_only=False)``
+when the sample inputs do not load with ``weights_only=True``, loads AOTInductor shared libraries, parses
+symbolic shape expressions with ``sympy.sympify`` (which evaluates Python), resolves operator names by
+``getattr`` from the ``torch`` module, and ``ExportedProgram.module()`` compiles the archive's
+``guards_code``. torch offers no ``weights_only``-style flag for any of it, so :func:`check_archive` reads
+the zip and its JSON first and refuses, naming the entry, anything but: the current archive format; weights
+and constants stored as raw tensor bytes (no pickled payload, no custom or opaque objects); sample inputs
+that load with ``torch.load(weights_only=True)``; operators from ``torch.ops`` (and a few ``operator``
+functions); shape expressions made of numbers, arithmetic, symbol names and capitalized sympy functions;
+no guard code. Only then is ``torch.export.load`` called, and ``module()`` never is.
+
+Rebuilding
+----------
+An exported graph calls ATen operators on its weights (``aten.linear(x, w, b)``), while the structural lens
+reads ``nn.Linear`` / ``nn.Conv`` / ``nn.BatchNorm`` modules. :func:`delower` turns ``aten.linear``,
+``aten.conv1d/2d/3d`` and eval-mode ``aten.batch_norm`` back into those modules, registered under the
+original module paths (``features.0``, ``fc1``; taken from the weights' names) and holding the archive's
+tensors; activations, pooling, dropout and flatten become the ``torch`` functions they lower from; every
+other operator is kept as it is, so the rebuilt module computes exactly what the archive does and the
+graph tracer names what it cannot represent.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+__all__ = ["check_archive", "delower", "load_exported"]
+
+_ALLOWED_ENTRIES = re.compile(
+    r"(archive_format|archive_version|byteorder|\.data/.*|models/[^/]+\.json|extra/.*"
+    r"|data/weights/[^/]+|data/constants/[^/]+|data/sample_inputs/[^/]+\.pt)"
+)
+_OPERATOR_TARGETS = {f"_operator.{n}" for n in ("getitem", "add", "sub", "mul", "truediv", "floordiv", "neg")}
+_EXPR_CHARS = re.compile(r"[\w\s+\-*/%().,<>=!]*")
+_EXPR_NAMES = re.compile(r"[A-Za-z_]\w*")
+_LOWER_NAMES = re.compile(r"[a-z]+\d+|oo|zoo|nan|floor|ceiling|sqrt|true|false")
+
+
+def check_archive(path: Path) -> None:
+    """Refuse (``ValueError`` naming ``path`` and the entry) a ``.pt2`` that loading could run code from."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+            roots = {n.split("/", 1)[0] for n in names}
+            if len(roots) != 1 or any("/" not in n for n in names):
+                raise ValueError(f"'{path}' is not a torch.export archive (one top folder expected)")
+            root = roots.pop() + "/"
+            entries = {n[len(root) :]: n for n in names}
+            if "archive_format" not in entries or z.read(entries["archive_format"]) != b"pt2":
+                raise ValueError(
+                    f"'{path}' is not a current torch.export archive (no 'archive_format' pt2 entry; "
+                    "older formats pickle their weights and are not loaded)"
+                )
+            for entry in entries:
+                if not _ALLOWED_ENTRIES.fullmatch(entry):
+                    raise ValueError(f"'{path}' holds '{entry}', which modscope does not load (only "
+                                     "the exported program, raw tensor weights and constants)")  # fmt: skip
+                if entry.startswith(("data/weights/", "data/constants/")) and entry.endswith(".pt"):
+                    raise ValueError(f"'{path}' stores '{entry}' as a pickle (legacy format): not loaded")
+                if entry.endswith("_config.json"):
+                    _check_payloads(path, entry, json.loads(z.read(entries[entry])))
+                elif entry.startswith("models/"):
+                    _check_program(path, entry, json.loads(z.read(entries[entry])))
+                elif entry.startswith("data/sample_inputs/"):
+                    _check_sample_inputs(path, entry, z.read(entries[entry]))
+    except zipfile.BadZipFile as exc:
+        raise ValueError(f"'{path}' is not a torch.export archive (not a zip file: {exc})") from exc
+
+
+def _check_payloads(path: Path, entry: str, config: dict) -> None:
+    for name, payload in (config.get("config") or {}).items():
+        raw = str(payload.get("path_name", "")).startswith(("weight_", "tensor_"))
+        if payload.get("use_pickle") or not raw:
+            raise ValueError(
+                f"'{path}' stores '{name}' ({entry}) as a pickled object, not raw tensor bytes: not loaded"
+            )
+
+
+def _check_program(path: Path, entry: str, program: dict) -> None:
+    if program.get("guards_code"):
+        raise ValueError(f"'{path}' ({entry}) carries guard code, which loading would run: not loaded")
+
+    def walk(obj: Any) -> None:
+        if isinstance(obj, dict):
+            target = obj.get("target")
+            if isinstance(target, str) and "inputs" in obj and not _safe_target(target):
+                raise ValueError(f"'{path}' ({entry}) calls '{target}', not a torch operator: not loaded")
+            expr = obj.get("expr_str")
+            if isinstance(expr, str) and not _safe_expr(expr):
+                raise ValueError(f"'{path}' ({entry}) has the shape expression {expr!r}: not loaded")
+            for key, value in obj.items():
+                if key != "metadata":  # stack traces and module names: text, never evaluated
+                    walk(value)
+        elif isinstance(obj, list):
+            for value in obj:
+                walk(value)
+
+    walk(program)
+
+
+def _safe_target(target: str) -> bool:
+    if target in _OPERATOR_TARGETS:
+        return True
+    parts = target.split(".")
+    if len(parts) < 4 or parts[:2] != ["torch", "ops"]:
+        return False
+    op: Any = torch.ops
+    for part in parts[2:]:
+        op = getattr(op, part, None)
+        if op is None:
+            return False
+    return isinstance(op, torch._ops.OpOverload)
+
+
+def _safe_expr(expr: str) -> bool:
+    if not _EXPR_CHARS.fullmatch(expr) or "__" in expr:
+        return False
+    return all(n[0].isupper() or _LOWER_NAMES.fullmatch(n) for n in _EXPR_NAMES.findall(expr))
+
+
+def _check_sample_inputs(path: Path, entry: str, data: bytes) -> None:
+    if not data:
+        return
+    import io
+
+    try:
+        torch.load(io.BytesIO(data), weights_only=True)
+    except Exception as exc:
+        raise ValueError(
+            f"'{path}' has sample inputs ({entry}) that are not plain tensors, which torch would unpickle: "
+            f"not loaded ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        ) from None
+
+
+def load_exported(path: Path) -> tuple[nn.Module, tuple[int, ...] | None]:
+    """Check and load a ``.pt2``; returns the rebuilt module (eval mode) and the shape of its one example
+    input without the batch dimension (``None`` when it takes several inputs or a non-tensor)."""
+    check_archive(path)
+    try:
+        ep = torch.export.load(str(path))
+    except Exception as exc:  # torch raises many types for a damaged or incompatible archive
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"'{path}' could not be loaded by torch.export.load: {reason}") from exc
+    return delower(ep)
+
+
+def delower(ep: torch.export.ExportedProgram) -> tuple[nn.Module, tuple[int, ...] | None]:
+    """An ``fx.GraphModule`` computing ``ep`` with ``nn.Linear``/``nn.ConvNd``/``nn.BatchNormNd`` modules."""
+    from torch.export.graph_signature import InputKind, OutputKind
+
+    sig = ep.graph_signature
+    tensors = {**ep.state_dict, **ep.constants}
+    attrs: dict[str, str] = {}  # placeholder name -> FQN of its parameter, buffer or constant
+    for spec in sig.input_specs:
+        if spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
+            attrs[spec.arg.name] = spec.target
+        elif spec.kind != InputKind.USER_INPUT:
+            raise ValueError(f"the exported program takes a {spec.kind.name} input; modscope cannot run it")
+    root, graph, env = nn.Module(), fx.Graph(), {}
+    shapes = []
+
+    def arg(a: Any) -> Any:
+        return fx.node.map_arg(a, lambda n: env[n.name])
+
+    def attr(node: fx.Node) -> torch.Tensor | None:
+        return None if node is None else tensors[attrs[node.name]]
+
+    for node in ep.graph.nodes:
+        if node.op == "placeholder":
+            if node.name in attrs:
+                fqn = attrs[node.name]
+                _set(root, fqn, tensors[fqn])
+                env[node.name] = graph.get_attr(fqn)
+            else:
+                val = node.meta.get("val")
+                shapes.append(tuple(val.shape[1:]) if isinstance(val, torch.Tensor) else None)
+                env[node.name] = graph.placeholder(node.name)
+        elif node.op == "call_function":
+            module = _module(node, attr)
+            if node.target in _RESHAPES:
+                env[node.name] = graph.call_method("reshape", arg(node.args[:2]))
+            elif module is not None:
+                fqn = attrs[node.args[1].name]
+                path = fqn.rsplit(".", 1)[0] if "." in fqn else node.name
+                _set(root, path, module)
+                env[node.name] = graph.call_module(path, (env[node.args[0].name],))
+            else:
+                target, args = _function(node)
+                env[node.name] = graph.call_function(target, arg(args), arg(node.kwargs))
+        elif node.op == "output":
+            outs = [
+                env[o.name]
+                for o, spec in zip(node.args[0], sig.output_specs)
+                if spec.kind == OutputKind.USER_OUTPUT
+            ]
+            graph.output(outs[0] if len(outs) == 1 else tuple(outs))
+    for n in reversed(list(graph.nodes)):  # weights now live in their modules: drop their unused reads
+        if n.op == "get_attr" and not n.users:
+            graph.erase_node(n)
+    gm = fx.GraphModule(root, graph, class_name="Exported")
+    return gm.eval(), shapes[0] if len(shapes) == 1 else None
+
+
+_CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_NORMS = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
+_aten = torch.ops.aten
+_RESHAPES = {_aten.view.default, _aten.reshape.default, _aten._unsafe_view.default}
+_FUNCTIONS = {
+    _aten.relu.default: torch.relu,
+    _aten.tanh.default: torch.tanh,
+    _aten.sigmoid.default: torch.sigmoid,
+    _aten.gelu.default: F.gelu,
+    _aten.silu.default: F.silu,
+    _aten.max_pool1d.default: F.max_pool1d,
+    _aten.max_pool2d.default: F.max_pool2d,
+    _aten.max_pool3d.default: F.max_pool3d,
+    _aten.avg_pool1d.default: F.avg_pool1d,
+    _aten.avg_pool2d.default: F.avg_pool2d,
+    _aten.avg_pool3d.default: F.avg_pool3d,
+    _aten.adaptive_avg_pool1d.default: F.adaptive_avg_pool1d,
+    _aten.adaptive_avg_pool2d.default: F.adaptive_avg_pool2d,
+    _aten.adaptive_avg_pool3d.default: F.adaptive_avg_pool3d,
+    _aten.flatten.using_ints: torch.flatten,
+    _aten.dropout.default: F.dropout,
+}
+
+
+def _module(node: fx.Node, attr: Any) -> nn.Module | None:
+    """The ``nn`` layer an ATen weight operation lowers from (sharing the archive's tensors), or ``None``."""
+    t, args = node.target, list(node.args) + [None] * 9
+    try:
+        if t == _aten.linear.default:
+            w, b = attr(args[1]), attr(args[2])
+            module = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device="meta")
+        elif t in (_aten.conv1d.default, _aten.conv2d.default, _aten.conv3d.default):
+            w, b = attr(args[1]), attr(args[2])
+            d = w.dim() - 2
+            stride, padding, dilation, groups = (
+                v if v is not None else default for v, default in zip(args[3:7], (1, 0, 1, 1))
+            )
+            module = _CONVS[d](
+                w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), stride=stride, padding=padding,
+                dilation=dilation, groups=groups, bias=b is not None, device="meta",
+            )  # fmt: skip
+        elif t == _aten.batch_norm.default and args[5] is False:
+            w, b = attr(args[1]), attr(args[2])
+            mean, var = attr(args[3]), attr(args[4])
+            rank = node.args[0].meta["val"].dim()
+            # built on the CPU (not meta): its small num_batches_tracked buffer must hold a value
+            module = _NORMS[rank](mean.shape[0], eps=args[7], affine=w is not None)
+            module.running_mean, module.running_var = mean, var
+        else:
+            return None
+    except KeyError:  # an argument is an activation rather than a stored tensor: keep the operator
+        return None
+    if w is not None:
+        module.weight = w if isinstance(w, nn.Parameter) else nn.Parameter(w, requires_grad=False)
+    if b is not None:
+        module.bias = b if isinstance(b, nn.Parameter) else nn.Parameter(b, requires_grad=False)
+    return module
+
+
+def _function(node: fx.Node) -> tuple[Any, tuple]:
+    target = _FUNCTIONS.get(node.target)
+    if target is None:
+        return node.target, node.args
+    if node.target == _aten.dropout.default:
+        return target, (node.args[0], node.args[1], False)
+    return target, node.args
+
+
+def _set(root: nn.Module, path: str, value: Any) -> None:
+    *parents, name = path.split(".")
+    for part in parents:
+        if not hasattr(root, part):
+            root.add_module(part, nn.Module())
+        root = getattr(root, part)
+    if isinstance(value, nn.Module):
+        root.add_module(name, value)
+    elif isinstance(value, nn.Parameter):
+        root.register_parameter(name, value)
+    else:
+        root.register_buffer(name, value)
