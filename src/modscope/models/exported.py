@@ -1,35 +1,21 @@
-"""``torch.export`` archives (``.pt2``): checked before loading, then rebuilt as plain ``torch.nn`` layers.
+"""``torch.export`` archives (``.pt2``): checked, loaded, and rebuilt as plain ``torch.nn`` layers.
 
-Safety
-------
-``torch.export.load`` is not safe on untrusted files by itself (its own docstring says so): it unpickles
-tensor-subclass weights and opaque constants with ``pickle``, falls back to ``torch.load(weights_only=False)``
-when the sample inputs do not load with ``weights_only=True``, loads AOTInductor shared libraries, parses
-symbolic shape expressions with ``sympy.sympify`` (which evaluates Python), resolves operator names by
-``getattr`` from the ``torch`` module, and ``ExportedProgram.module()`` compiles the archive's
-``guards_code``. torch offers no ``weights_only``-style flag for any of it, so :func:`check_archive` reads
-the zip and its JSON first and refuses, naming the entry, anything but: the current archive format; weights
-and constants stored as raw tensor bytes (no pickled payload, no custom or opaque objects); sample inputs
-that load with ``torch.load(weights_only=True)``; operators from ``torch.ops`` (and a few ``operator``
-functions); shape expressions made of numbers, arithmetic, symbol names and capitalized sympy functions;
-no guard code. Only then is ``torch.export.load`` called, and ``module()`` never is.
+The archive is first checked by :func:`modscope.models.archive.check_archive` (why: see there), so that
+loading it neither unpickles nor runs anything from the file.
 
-Rebuilding
-----------
 An exported graph calls ATen operators on its weights (``aten.linear(x, w, b)``), while the structural lens
 reads ``nn.Linear`` / ``nn.Conv`` / ``nn.BatchNorm`` modules. :func:`delower` turns ``aten.linear``,
 ``aten.conv1d/2d/3d`` and eval-mode ``aten.batch_norm`` back into those modules, registered under the
 original module paths (``features.0``, ``fc1``; taken from the weights' names) and holding the archive's
-tensors; activations, pooling, dropout and flatten become the ``torch`` functions they lower from; every
+tensors; activations, pooling, dropout and flatten become the ``torch`` functions they lower from (a
+``view``/``reshape`` to ``(batch, features)``, into which export writes the example's batch size, becomes
+``torch.flatten(x, 1)``); every
 other operator is kept as it is, so the rebuilt module computes exactly what the archive does and the
 graph tracer names what it cannot represent.
 """
 
 from __future__ import annotations
 
-import json
-import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -37,112 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-__all__ = ["check_archive", "delower", "load_exported"]
+from modscope.models.archive import check_archive
 
-_ALLOWED_ENTRIES = re.compile(
-    r"(archive_format|archive_version|byteorder|\.data/.*|models/[^/]+\.json|extra/.*"
-    r"|data/weights/[^/]+|data/constants/[^/]+|data/sample_inputs/[^/]+\.pt)"
-)
-_OPERATOR_TARGETS = {f"_operator.{n}" for n in ("getitem", "add", "sub", "mul", "truediv", "floordiv", "neg")}
-_EXPR_CHARS = re.compile(r"[\w\s+\-*/%().,<>=!]*")
-_EXPR_NAMES = re.compile(r"[A-Za-z_]\w*")
-_LOWER_NAMES = re.compile(r"[a-z]+\d+|oo|zoo|nan|floor|ceiling|sqrt|true|false")
-
-
-def check_archive(path: Path) -> None:
-    """Refuse (``ValueError`` naming ``path`` and the entry) a ``.pt2`` that loading could run code from."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            names = z.namelist()
-            roots = {n.split("/", 1)[0] for n in names}
-            if len(roots) != 1 or any("/" not in n for n in names):
-                raise ValueError(f"'{path}' is not a torch.export archive (one top folder expected)")
-            root = roots.pop() + "/"
-            entries = {n[len(root) :]: n for n in names}
-            if "archive_format" not in entries or z.read(entries["archive_format"]) != b"pt2":
-                raise ValueError(
-                    f"'{path}' is not a current torch.export archive (no 'archive_format' pt2 entry; "
-                    "older formats pickle their weights and are not loaded)"
-                )
-            for entry in entries:
-                if not _ALLOWED_ENTRIES.fullmatch(entry):
-                    raise ValueError(f"'{path}' holds '{entry}', which modscope does not load (only "
-                                     "the exported program, raw tensor weights and constants)")  # fmt: skip
-                if entry.startswith(("data/weights/", "data/constants/")) and entry.endswith(".pt"):
-                    raise ValueError(f"'{path}' stores '{entry}' as a pickle (legacy format): not loaded")
-                if entry.endswith("_config.json"):
-                    _check_payloads(path, entry, json.loads(z.read(entries[entry])))
-                elif entry.startswith("models/"):
-                    _check_program(path, entry, json.loads(z.read(entries[entry])))
-                elif entry.startswith("data/sample_inputs/"):
-                    _check_sample_inputs(path, entry, z.read(entries[entry]))
-    except zipfile.BadZipFile as exc:
-        raise ValueError(f"'{path}' is not a torch.export archive (not a zip file: {exc})") from exc
-
-
-def _check_payloads(path: Path, entry: str, config: dict) -> None:
-    for name, payload in (config.get("config") or {}).items():
-        raw = str(payload.get("path_name", "")).startswith(("weight_", "tensor_"))
-        if payload.get("use_pickle") or not raw:
-            raise ValueError(
-                f"'{path}' stores '{name}' ({entry}) as a pickled object, not raw tensor bytes: not loaded"
-            )
-
-
-def _check_program(path: Path, entry: str, program: dict) -> None:
-    if program.get("guards_code"):
-        raise ValueError(f"'{path}' ({entry}) carries guard code, which loading would run: not loaded")
-
-    def walk(obj: Any) -> None:
-        if isinstance(obj, dict):
-            target = obj.get("target")
-            if isinstance(target, str) and "inputs" in obj and not _safe_target(target):
-                raise ValueError(f"'{path}' ({entry}) calls '{target}', not a torch operator: not loaded")
-            expr = obj.get("expr_str")
-            if isinstance(expr, str) and not _safe_expr(expr):
-                raise ValueError(f"'{path}' ({entry}) has the shape expression {expr!r}: not loaded")
-            for key, value in obj.items():
-                if key != "metadata":  # stack traces and module names: text, never evaluated
-                    walk(value)
-        elif isinstance(obj, list):
-            for value in obj:
-                walk(value)
-
-    walk(program)
-
-
-def _safe_target(target: str) -> bool:
-    if target in _OPERATOR_TARGETS:
-        return True
-    parts = target.split(".")
-    if len(parts) < 4 or parts[:2] != ["torch", "ops"]:
-        return False
-    op: Any = torch.ops
-    for part in parts[2:]:
-        op = getattr(op, part, None)
-        if op is None:
-            return False
-    return isinstance(op, torch._ops.OpOverload)
-
-
-def _safe_expr(expr: str) -> bool:
-    if not _EXPR_CHARS.fullmatch(expr) or "__" in expr:
-        return False
-    return all(n[0].isupper() or _LOWER_NAMES.fullmatch(n) for n in _EXPR_NAMES.findall(expr))
-
-
-def _check_sample_inputs(path: Path, entry: str, data: bytes) -> None:
-    if not data:
-        return
-    import io
-
-    try:
-        torch.load(io.BytesIO(data), weights_only=True)
-    except Exception as exc:
-        raise ValueError(
-            f"'{path}' has sample inputs ({entry}) that are not plain tensors, which torch would unpickle: "
-            f"not loaded ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
-        ) from None
+__all__ = ["delower", "load_exported"]
 
 
 def load_exported(path: Path) -> tuple[nn.Module, tuple[int, ...] | None]:
@@ -190,7 +73,9 @@ def delower(ep: torch.export.ExportedProgram) -> tuple[nn.Module, tuple[int, ...
                 env[node.name] = graph.placeholder(node.name)
         elif node.op == "call_function":
             module = _module(node, attr)
-            if node.target in _RESHAPES:
+            if node.target in _RESHAPES and _flattens_batch(node):
+                env[node.name] = graph.call_function(torch.flatten, (env[node.args[0].name], 1))
+            elif node.target in _RESHAPES:
                 env[node.name] = graph.call_method("reshape", arg(node.args[:2]))
             elif module is not None:
                 fqn = attrs[node.args[1].name]
@@ -211,6 +96,9 @@ def delower(ep: torch.export.ExportedProgram) -> tuple[nn.Module, tuple[int, ...
         if n.op == "get_attr" and not n.users:
             graph.erase_node(n)
     gm = fx.GraphModule(root, graph, class_name="Exported")
+    gm.graph.eliminate_dead_code()  # e.g. the batch size read by a view that became a flatten
+    gm.delete_all_unused_submodules()
+    gm.recompile()
     return gm.eval(), shapes[0] if len(shapes) == 1 else None
 
 
@@ -271,6 +159,20 @@ def _module(node: fx.Node, attr: Any) -> nn.Module | None:
     if b is not None:
         module.bias = b if isinstance(b, nn.Parameter) else nn.Parameter(b, requires_grad=False)
     return module
+
+
+def _flattens_batch(node: fx.Node) -> bool:
+    """A ``view``/``reshape`` to ``(batch, features)``: export wrote the example's batch size into its
+    arguments, so it becomes ``torch.flatten(x, 1)``, which holds for any batch (as the model's did)."""
+    src, out = node.args[0].meta.get("val"), node.meta.get("val")
+    if not (isinstance(src, torch.Tensor) and isinstance(out, torch.Tensor)):
+        return False
+    if out.dim() != 2 or src.dim() < 2:
+        return False
+    try:
+        return bool(src.shape[0] == out.shape[0])
+    except Exception:  # a symbolic size that cannot be compared: keep the reshape as it is
+        return False
 
 
 def _function(node: fx.Node) -> tuple[Any, tuple]:

@@ -187,13 +187,20 @@ def _huggingface(source: str, path: Path) -> tuple[nn.Module, dict[str, Any]]:
             f"{source!r} is a Hugging Face model folder, but transformers does not import "
             f"({type(exc).__name__}: {_first_line(exc)}); pip install transformers"
         ) from exc
+    from transformers.utils import logging as hf_logging
+
     safetensors = any(path.glob("*.safetensors"))
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # its per-tensor bar would interleave with modscope's own output
     try:
         model = AutoModel.from_pretrained(
             str(path), local_files_only=True, trust_remote_code=False, use_safetensors=safetensors or None
         )
     except Exception as exc:  # transformers raises OSError, ValueError, KeyError, ... for a bad folder
         raise ValueError(f"{source!r}: transformers could not load the folder: {_first_line(exc)}") from exc
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
     kind = getattr(model.config, "model_type", "?")
     return model, {"kind": "huggingface", "label": f"{source} (Hugging Face {kind}, {type(model).__name__})"}
 
