@@ -219,6 +219,9 @@ def _edit_json(suffix, edit):
     return change
 
 
+_NOT_TENSORS = pickle.dumps(zipfile.ZipInfo("x"), protocol=2)  # a pickled object of a non-tensor class
+
+
 def _first_node(doc):
     return doc["graph_module"]["graph"]["nodes"][0]
 
@@ -235,8 +238,7 @@ def _first_node(doc):
             extra={"expr_str": "__import__('os').system('true')"})), "shape expression"),
         (lambda name, data: (name.replace("model_weights_config.json", "model.pt"), data), "legacy"),
         (lambda name, data: (name.replace("byteorder", "data/aotinductor/model.so"), data), "does not load"),
-        (lambda name, data: (name, pickle.dumps(zipfile.ZipInfo("x"), protocol=2) if "sample_inputs" in name else data),
-         "sample inputs"),
+        (lambda name, data: (name, _NOT_TENSORS if "sample_inputs" in name else data), "sample inputs"),
     ],
     ids=["pickled-weight", "non-torch-target", "guard-code", "sympy-eval", "legacy-weights", "aoti",
          "inputs"],
@@ -384,8 +386,9 @@ def test_python_file_without_factory_is_named(factory_file):
 def test_options_for_other_sources_are_refused(factory_file, archive):
     with pytest.raises(ValueError, match=r"factory arguments are only for a file\.py:factory source"):
         load_any("mlp:4-3-2", factory_args={"width": 3})
-    with pytest.raises(ValueError, match="only for weight-only files"):
-        load_any(str(archive[1]), arch="mlp:4-3-2")
+    for source in (str(archive[1]), str(archive[1].parent), "torchvision:resnet18", f"{factory_file}:make"):
+        with pytest.raises(ValueError, match="only for weight-only files"):
+            load_any(source, arch="mlp:4-3-2")
 
 
 def test_cli_names_a_bad_source_in_one_line(capsys):

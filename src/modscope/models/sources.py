@@ -82,6 +82,8 @@ def load_any(
     else:
         path = Path(source)
         if path.is_dir():
+            if arch is not None:
+                raise ValueError(f"arch {arch!r} is only for weight-only files, not the folder {source!r}")
             model, info = _huggingface(source, path)
         elif path.is_file() and path.suffix.lower() == ".pt2":
             from modscope.models.exported import load_exported
