@@ -200,6 +200,25 @@ def test_archive_of_a_residual_network_names_the_add(tmp_path, capsys):
     assert "add" in err and "combines 2 activations" in err and len(err.splitlines()) == 1
 
 
+class _Scaled(nn.Linear):
+    def __init__(self):
+        super().__init__(4, 3)
+        self.scale = nn.Parameter(torch.full((3,), 2.0))
+
+    def forward(self, x):
+        return super().forward(x) * self.scale
+
+
+def test_archive_keeps_the_other_tensors_of_a_weight_module(tmp_path):
+    model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), _Scaled()).eval()
+    path = tmp_path / "scaled.pt2"
+    _save(model, torch.zeros(2, 5), path)
+    loaded, _ = load_any(str(path))
+    x = torch.randn(3, 5)
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=1e-6)
+    assert isinstance(loaded.get_submodule("2"), nn.Linear) and loaded.get_submodule("2").scale.shape == (3,)
+
+
 def _rewrite(src, dst, change):
     """Copy the zip ``src`` to ``dst``, passing each ``(name, bytes)`` through ``change``."""
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:

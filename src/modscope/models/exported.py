@@ -92,6 +92,8 @@ def delower(ep: torch.export.ExportedProgram) -> tuple[nn.Module, tuple[int, ...
                 if spec.kind == OutputKind.USER_OUTPUT
             ]
             graph.output(outs[0] if len(outs) == 1 else tuple(outs))
+        else:  # get_attr / call_module appear only in sub-graphs of control flow, which are not rebuilt
+            raise ValueError(f"the exported program has a {node.op} node '{node.name}': not supported")
     for n in reversed(list(graph.nodes)):  # weights now live in their modules: drop their unused reads
         if n.op == "get_attr" and not n.users:
             graph.erase_node(n)
@@ -191,6 +193,12 @@ def _set(root: nn.Module, path: str, value: Any) -> None:
             root.add_module(part, nn.Module())
         root = getattr(root, part)
     if isinstance(value, nn.Module):
+        # a weight layer replaces the container its tensors were first read into; any other tensor of
+        # that module (read elsewhere in the graph) moves onto it so that its reads still resolve
+        old = root._modules.get(name) or nn.Module()
+        for key, tensor in [*old.named_parameters(recurse=False), *old.named_buffers(recurse=False)]:
+            if not hasattr(value, key):
+                _set(value, key, tensor)
         root.add_module(name, value)
     elif isinstance(value, nn.Parameter):
         root.register_parameter(name, value)
