@@ -270,6 +270,18 @@ def test_archives_that_could_run_code_are_refused(archive, tmp_path, change, mes
     assert message in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("suffix", "message"),
+    [("models/model.json", "has a damaged 'models/model.json'"), ("weight_0", "out of bounds for storage")],
+)
+def test_damaged_archives_are_named_in_one_line(archive, tmp_path, capsys, suffix, message):
+    bad = tmp_path / "damaged.pt2"
+    _rewrite(archive[1], bad, lambda name, data: (name, data[:8] if name.endswith(suffix) else data))
+    assert main(["cluster", str(bad), *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "damaged.pt2" in err[0] and message in err[0]
+
+
 def test_archive_check_passes_a_real_archive(archive):
     check_archive(archive[1])  # the refusals above are not refusing everything
 

@@ -63,13 +63,20 @@ def check_archive(path: Path) -> None:
                 if entry.startswith(("data/weights/", "data/constants/")) and entry.endswith(".pt"):
                     raise ValueError(f"'{path}' stores '{entry}' as a pickle (legacy format): not loaded")
                 if entry.endswith("_config.json"):
-                    _check_payloads(path, entry, json.loads(z.read(entries[entry])))
+                    _check_payloads(path, entry, _json(path, entry, z.read(entries[entry])))
                 elif entry.startswith("models/"):
-                    _check_program(path, entry, json.loads(z.read(entries[entry])))
+                    _check_program(path, entry, _json(path, entry, z.read(entries[entry])))
                 elif entry.startswith("data/sample_inputs/"):
                     _check_sample_inputs(path, entry, z.read(entries[entry]))
     except zipfile.BadZipFile as exc:
         raise ValueError(f"'{path}' is not a torch.export archive (not a zip file: {exc})") from exc
+
+
+def _json(path: Path, entry: str, data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise ValueError(f"'{path}' has a damaged '{entry}' ({exc})") from None
 
 
 def _check_payloads(path: Path, entry: str, config: dict) -> None:

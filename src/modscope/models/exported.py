@@ -16,6 +16,7 @@ graph tracer names what it cannot represent.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +33,31 @@ def load_exported(path: Path) -> tuple[nn.Module, tuple[int, ...] | None]:
     """Check and load a ``.pt2``; returns the rebuilt module (eval mode) and the shape of its one example
     input without the batch dimension (``None`` when it takes several inputs or a non-tensor)."""
     check_archive(path)
+    # torch logs the real error with a full traceback, then raises a vague one: keep the first, quietly
+    logger, caught = logging.getLogger("torch.export"), _Caught()
+    handlers, propagate = logger.handlers, logger.propagate
+    logger.handlers, logger.propagate = [caught], False
     try:
         ep = torch.export.load(str(path))
     except Exception as exc:  # torch raises many types for a damaged or incompatible archive
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        cause = caught.error or exc
+        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
         raise ValueError(f"'{path}' could not be loaded by torch.export.load: {reason}") from exc
+    finally:
+        logger.handlers, logger.propagate = handlers, propagate
     return delower(ep)
+
+
+class _Caught(logging.Handler):
+    """Keeps the first exception torch logs (and nothing else)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.error: BaseException | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and record.exc_info[1] is not None and self.error is None:
+            self.error = record.exc_info[1]
 
 
 def delower(ep: torch.export.ExportedProgram) -> tuple[nn.Module, tuple[int, ...] | None]:
