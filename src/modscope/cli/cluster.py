@@ -5,12 +5,19 @@ Example::
     modscope cluster model.safetensors --k 12 --shuffles 50 --jobs 2 --json out/r.json --plot out/graph.png
     modscope cluster weights.pt --arch mlp:784-256x4-10
     modscope cluster mlp:784-256x4-10 --shuffles 20      # a randomly initialized built-in architecture
+    modscope cluster model.pt2                           # a torch.export archive
+    modscope cluster my_models.py:make --factory-arg width=64 --input-shape 784
+
+MODEL is any source :func:`modscope.models.load_any` resolves (built-in spec, model file, ``.pt2``,
+``torchvision:NAME``, Hugging Face folder, ``file.py:factory``).
 
 The JSON file (written atomically) has the keys
 
 - ``"format"``: ``"modscope.cluster/1"``;
-- ``"model"``: ``source`` (the MODEL argument), ``spec`` (dict), ``spec_string``, ``random_init``
-  (a built-in spec rather than a file) and ``init_seed`` (its seed, ``null`` for a file);
+- ``"model"``: the description of :func:`modscope.models.load_any`: ``source`` (the MODEL argument),
+  ``kind``, ``spec`` (dict) and ``spec_string`` (``null`` unless a built-in architecture), ``random_init``,
+  ``init_seed`` (``null`` unless randomly initialized), ``input_shape``, ``model_class``, ``factory_args``,
+  ``label``;
 - ``"graph"``: ``layers`` (list of ``{"name", "size", "kind"}``), ``n_nodes``, ``n_edges``;
 - ``"settings"``: ``k``, ``n_shuffles``, ``shuffle``, ``seed``, ``jobs`` (as given), ``workers`` (the
   processes used: ``jobs`` capped at the CPUs and the shuffles), ``solver``, ``n_init``, ``patience``,
@@ -27,7 +34,6 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 from modscope.atomic import write_json_atomic
@@ -54,11 +60,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "model",
         metavar="MODEL",
         help="a model file (.safetensors saved by modscope; .pt/.pth state dict or bare .safetensors "
-        "with --arch) or a built-in spec such as mlp:784-256x4-10 (randomly initialized)",
+        "with --arch), a built-in spec such as mlp:784-256x4-10 (randomly initialized), a torch.export "
+        "archive (.pt2), torchvision:NAME (randomly initialized), a Hugging Face model folder (read "
+        "offline), or path/to/file.py:FUNCTION, which imports and RUNS that file to build the model "
+        "(only for code you trust)",
     )
     p.add_argument(
         "--arch", metavar="SPEC", help="architecture of a weights-only file, e.g. mlp:784-256x4-10"
     )
+    p.add_argument(
+        "--factory-arg", metavar="NAME=VALUE", action="append", default=[],
+        help="keyword argument of the FUNCTION of a file.py:FUNCTION model (a Python literal, else a "
+        "string); repeat for several",
+    )  # fmt: skip
     p.add_argument("--k", type=int, default=12, help="number of clusters (default: 12)")
     p.add_argument(
         "--shuffles", type=int, default=50, help="shuffled networks in the null model (default: 50)"
@@ -76,7 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--init-seed",
         type=int,
         default=0,
-        help="seed of the random initialization of a built-in spec (default: 0)",
+        help="seed of the random initialization of a built-in spec or torchvision model (default: 0)",
     )
     p.add_argument(
         "--jobs",
@@ -138,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     from modscope.cli import check_output
     from modscope.cluster import clusterability, worker_count
     from modscope.graph import WeightGraph
-    from modscope.models import resolve_model, spec_input_shape, spec_to_string
+    from modscope.models import load_any, parse_factory_args
     from modscope.seeding import check_seed
 
     check_output(args.json, name="--json")
@@ -146,19 +160,14 @@ def run(args: argparse.Namespace) -> int:
     check_seed(args.seed, "--seed")
     check_seed(args.init_seed, "--init-seed")
     workers = worker_count(args.jobs, args.shuffles)  # a bad --jobs fails before any work
-    model, spec = resolve_model(args.model, arch=args.arch, seed=args.init_seed)
-    random_init = not Path(args.model).is_file()
-    input_shape = args.input_shape or spec_input_shape(spec)
+    factory_args = parse_factory_args(args.factory_arg)
+    model, described = load_any(args.model, arch=args.arch, seed=args.init_seed, factory_args=factory_args)
+    input_shape = args.input_shape or described["input_shape"]
     graph = WeightGraph.from_module(
         model, input_shape, channel_norm=args.channel_norm,
         include_inputs=not args.no_inputs, include_outputs=not args.no_outputs,
     )  # fmt: skip
-    source = (
-        f"{spec_to_string(spec)} (random init, seed {args.init_seed})"
-        if random_init
-        else (f"{args.model} ({spec_to_string(spec)})")
-    )
-    print(f"model       {source}")
+    print(f"model       {described['label']}")
     print(f"graph       {_graph_line(graph)}")
 
     start = time.perf_counter()
@@ -177,13 +186,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         doc = {
             "format": JSON_FORMAT,
-            "model": {
-                "source": str(args.model),
-                "spec": spec,
-                "spec_string": spec_to_string(spec),
-                "random_init": random_init,
-                "init_seed": args.init_seed if random_init else None,
-            },
+            "model": described,
             "graph": {
                 "layers": [
                     {"name": layer.name, "size": layer.size, "kind": layer.kind} for layer in graph.layers
@@ -204,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
                 "channel_norm": args.channel_norm,
                 "include_inputs": not args.no_inputs,
                 "include_outputs": not args.no_outputs,
-                "input_shape": list(input_shape),
+                "input_shape": None if input_shape is None else list(input_shape),
             },
             "result": result.to_dict(),
             "verdict": verdict,

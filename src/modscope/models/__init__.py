@@ -39,6 +39,13 @@ PyTorch state dict saved with ``torch.save(model.state_dict(), "model.pt")`` (``
 is read with ``torch.load(weights_only=True)``: objects other than tensors and plain containers are refused,
 never unpickled. Weights are loaded with ``load_state_dict(strict=True)`` after a check that names every
 parameter whose shape differs.
+
+Other sources
+-------------
+:func:`load_any` takes any source string the command line takes: the above, a ``torch.export`` archive
+(``.pt2``, checked so that nothing in it is unpickled or run), ``torchvision:NAME`` (random init),
+a Hugging Face model folder (offline) and ``path/to/file.py:factory`` (runs the file's code). The forms
+and the description it returns are in :mod:`modscope.models.sources`.
 """
 
 from modscope.models.build import INITS, build_model, init_glorot, init_torch
@@ -53,6 +60,7 @@ from modscope.models.io import (
     save_model,
 )
 from modscope.models.seq import LSTMClassifier, Seq2Seq, Seq2SeqLSTM, Seq2SeqTransformer
+from modscope.models.sources import SOURCE_FORMS, load_any, parse_factory_args
 from modscope.models.spec import (
     ACTIVATIONS,
     NAMED_CNNS,
@@ -72,6 +80,7 @@ __all__ = [
     "INITS",
     "METADATA_KEY",
     "NAMED_CNNS",
+    "SOURCE_FORMS",
     "SPEC_KEY",
     "VGG_CONFIGS",
     "LSTMClassifier",
@@ -83,8 +92,10 @@ __all__ = [
     "init_glorot",
     "init_torch",
     "is_spec_string",
+    "load_any",
     "load_model",
     "normalize_spec",
+    "parse_factory_args",
     "parse_spec",
     "read_metadata",
     "resolve_model",
