@@ -323,3 +323,31 @@ def test_general_adjacency_sums_parallel_blocks_and_counts_a_self_loop_once():
         WeightGraph(layers, edges=[(0, 1, b01), (1, 1, b01)])
     with pytest.raises(GraphError, match=r"edges\[0\] has dst=3"):
         WeightGraph(layers, edges=[(0, 3, b01)])
+
+
+class _NormAfterTheLastAdd(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 4)
+        self.norm = nn.LayerNorm(4)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.norm(torch.relu(h + self.b(h)))
+
+
+def test_a_norm_on_the_output_stream_scales_every_layer_writing_it():
+    model = _NormAfterTheLastAdd()
+    with torch.no_grad():
+        model.norm.weight.copy_(torch.tensor([0.5, -2.0, 3.0, 1.0]))
+    gamma = np.array([0.5, 2.0, 3.0, 1.0])
+    a, b = (np.abs(m.weight.detach().double().numpy()) for m in (model.a, model.b))
+    merged = WeightGraph.from_module(model)
+    assert [(e.src, e.dst) for e in merged.edges] == [(0, 1), (1, 1)]
+    np.testing.assert_allclose(merged.edges[0].block, a * gamma[:, None])
+    np.testing.assert_allclose(merged.edges[1].block, b * gamma[:, None])
+    filan = WeightGraph.from_module(model, residual="filan")
+    assert [(s, e.src, e.dst) for s, e in zip(filan.sources, filan.edges)] == [
+        ("a", 0, 1), ("a->output", 0, 2), ("b->output", 1, 2)
+    ]
+    np.testing.assert_allclose(filan.edges[2].block, b * gamma[:, None])

@@ -69,3 +69,52 @@ def flatten(units: Units) -> Units:
     if not units.channels or units.flat:
         return units
     return replace(units, flat=True)
+
+
+def fix_input(units: Units, size: int, channels: bool, groups: Groups) -> Units:
+    """Fix the size and kind of the model's input at its first consumer."""
+    if units.channels is None and len(units.groups) == 1 and groups.size(units.groups[0]) < 0:
+        groups.set_size(units.groups[0], size)
+    if units.channels is None:
+        return replace(units, channels=channels)
+    return units
+
+
+def layer_inputs(
+    node: fx.Node, gm: fx.GraphModule, module: nn.Module, units: Units, groups: Groups
+) -> tuple[Units, int, int]:
+    """The activation a weight layer reads (input fixed), its input units and the flattened positions per
+    unit (``spatial``, 1 unless a Linear follows a flatten); refuses what does not fit."""
+    spatial = 1
+    before = groups.layers[groups.find(units.groups[-1])].name
+    if isinstance(module, nn.Linear):
+        if units.channels and not units.flat:
+            raise GraphError(
+                f"{where(node, gm)} is applied to a {groups.total(units.groups)}-channel feature map "
+                "without a flatten; only Linear on feature vectors (or after a flatten) is supported"
+            )
+        units = fix_input(units, module.in_features, False, groups)
+        n_in = groups.total(units.groups)
+        if units.flat and units.channels:
+            if module.in_features % n_in:
+                raise GraphError(
+                    f"{where(node, gm)} has {module.in_features} inputs, not a multiple of the "
+                    f"{n_in} channels flattened into it"
+                )
+            spatial = module.in_features // n_in
+        elif n_in != module.in_features:
+            raise GraphError(
+                f"{where(node, gm)} expects {module.in_features} inputs but the previous layer "
+                f"'{before}' has {n_in} units"
+            )
+        return units, n_in, spatial
+    if units.flat:
+        raise GraphError(f"{where(node, gm)} follows a flatten; convolutions need a feature map")
+    units = fix_input(units, module.in_channels, True, groups)
+    n_in = groups.total(units.groups)
+    if n_in != module.in_channels:
+        raise GraphError(
+            f"{where(node, gm)} expects {module.in_channels} input channels but the previous layer "
+            f"'{before}' has {n_in}"
+        )
+    return units, n_in, spatial

@@ -52,7 +52,7 @@ import torch
 from torch import fx, nn
 
 from modscope.graph import ops
-from modscope.graph.activation import Units, cat, flatten, norm_units
+from modscope.graph.activation import Units, cat, fix_input, flatten, layer_inputs, norm_units
 from modscope.graph.blocks import CONV_TRANSPOSE, NORMS, WEIGHTED, WeightLayer, layer_block
 from modscope.graph.groups import Groups, Reads
 from modscope.graph.layer import GraphError, Layer
@@ -170,47 +170,11 @@ def _trace(
             )
         return state[tensors[0]]
 
-    def first_input(units: Units, size: int, channels: bool) -> Units:
-        """Fix the input's size and kind at its first consumer."""
-        if units.channels is None and len(units.groups) == 1 and groups.size(units.groups[0]) < 0:
-            groups.set_size(units.groups[0], size)
-        if units.channels is None:
-            return replace(units, channels=channels)
-        return units
-
     def add_layer(node: fx.Node, module: nn.Module, units: Units) -> Units:
-        spatial = 1
+        units, n_in, spatial = layer_inputs(node, gm, module, units, groups)
         if isinstance(module, nn.Linear):
-            if units.channels and not units.flat:
-                raise GraphError(
-                    f"{where(node, gm)} is applied to a {groups.total(units.groups)}-channel feature map "
-                    "without a flatten; only Linear on feature vectors (or after a flatten) is supported"
-                )
-            units = first_input(units, module.in_features, False)
-            n_in = groups.total(units.groups)
-            if units.flat and units.channels:
-                if module.in_features % n_in:
-                    raise GraphError(
-                        f"{where(node, gm)} has {module.in_features} inputs, not a multiple of the "
-                        f"{n_in} channels flattened into it"
-                    )
-                spatial = module.in_features // n_in
-            elif n_in != module.in_features:
-                raise GraphError(
-                    f"{where(node, gm)} expects {module.in_features} inputs but the previous layer "
-                    f"'{groups.layers[groups.find(units.groups[-1])].name}' has {n_in} units"
-                )
             kind, out = "linear", module.out_features
-        else:  # convolution, plain or transposed
-            if units.flat:
-                raise GraphError(f"{where(node, gm)} follows a flatten; convolutions need a feature map")
-            units = first_input(units, module.in_channels, True)
-            n_in = groups.total(units.groups)
-            if n_in != module.in_channels:
-                raise GraphError(
-                    f"{where(node, gm)} expects {module.in_channels} input channels but the previous layer "
-                    f"'{groups.layers[groups.find(units.groups[-1])].name}' has {n_in}"
-                )
+        else:
             kind = "conv_transpose" if isinstance(module, CONV_TRANSPOSE) else "conv"
             out = module.out_channels
         name = str(node.target)
@@ -223,7 +187,7 @@ def _trace(
     def fold_norm(node: fx.Node, module: nn.Module, units: Units) -> Units:
         n = norm_units(node, module, units, gm)
         if units.channels is None:
-            units = first_input(units, n, isinstance(module, (nn.BatchNorm2d, nn.BatchNorm3d)))
+            units = fix_input(units, n, isinstance(module, (nn.BatchNorm2d, nn.BatchNorm3d)), groups)
         size = groups.total(units.groups)
         if units.flat and units.channels:
             raise GraphError(f"{where(node, gm)} normalizes a flattened feature map; not supported")
@@ -270,8 +234,8 @@ def _trace(
             (output,) = groups.reading(out_units.groups, "output", reads, "the model's output")
             if out_units.col_norms:
                 # A norm after the last nonlinearity rescales the outputs: fold it into the rows of every
-                # layer writing them.
-                for r in reads:
+                # layer writing them (residual="filan": every copy of them shares the layer's block).
+                for r in reads + groups.copies:
                     if groups.find(r.output) == groups.find(output):
                         chain[r.layer] = replace(
                             chain[r.layer], row_norms=chain[r.layer].row_norms + out_units.col_norms

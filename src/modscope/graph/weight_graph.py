@@ -127,7 +127,7 @@ class WeightGraph:
     ) -> WeightGraph:
         """The weight graph of a PyTorch model: a feed-forward chain, or a residual / concatenating network.
 
-        The chain of layers is found by tracing ``model.forward`` with ``torch.fx``, so a model written as
+        The layers are found by tracing ``model.forward`` with ``torch.fx``, so a model written as
         a plain ``forward`` works as well as an ``nn.Sequential``. Supported: ``Linear``, ``Conv1d/2d/3d``
         (one node per channel, edge = ``channel_norm`` of the kernel slice), ``BatchNorm1d/2d/3d``
         (folded: right after a weight layer it scales row ``j`` by ``|gamma_j| / sqrt(var_j + eps)``,
@@ -142,7 +142,8 @@ class WeightGraph:
         Parameters
         ----------
         model : nn.Module
-            Anything ``torch.fx.symbolic_trace`` can trace, with one tensor input and one tensor output.
+            Anything ``torch.fx.symbolic_trace`` can trace, returning one tensor; each tensor input is a
+            group of input units (``"input"``, or ``"input:NAME"`` for several).
         input_shape : sequence of int, optional
             Shape of one example, without the batch dimension, e.g. ``(1, 28, 28)``. When given, the model
             is run once on zeros to check that every flatten really flattens; without it, a
