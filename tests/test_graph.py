@@ -171,6 +171,39 @@ def test_grouped_conv_is_block_diagonal():
     np.testing.assert_allclose(b[:3, :2], np.abs(_w(model[0].weight))[:3, :, 0, 0])
 
 
+def test_layernorm_groupnorm_rmsnorm_fold_their_gamma():
+    gen = torch.Generator().manual_seed(0)
+    for norm in (nn.LayerNorm(4), nn.GroupNorm(2, 4), nn.RMSNorm(4)):
+        model = nn.Sequential(nn.Linear(3, 4), norm, nn.ReLU(), nn.Linear(4, 2), nn.ReLU(), type(norm)(
+            *((1, 2) if isinstance(norm, nn.GroupNorm) else (2,))
+        ))
+        for m in (model[1], model[5]):
+            with torch.no_grad():
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen))
+        g = WeightGraph.from_module(model)
+        gamma1, gamma5 = np.abs(_w(model[1].weight)), np.abs(_w(model[5].weight))
+        np.testing.assert_allclose(g.blocks[0], np.abs(_w(model[0].weight)) * gamma1[:, None])
+        np.testing.assert_allclose(g.blocks[1], np.abs(_w(model[3].weight)) * gamma5[:, None])
+    with pytest.raises(GraphError, match=r"module '1' \(LayerNorm\) normalizes over \(2, 3, 3\)"):
+        WeightGraph.from_module(nn.Sequential(nn.Conv2d(1, 2, 1), nn.LayerNorm([2, 3, 3])))
+
+
+def test_conv_transpose_reads_its_in_out_kernel_and_groups():
+    model = nn.Sequential(nn.ConvTranspose2d(4, 6, 3, groups=2), nn.ReLU(), nn.ConvTranspose2d(6, 3, 2))
+    g = WeightGraph.from_module(model, input_shape=(4, 5, 5))
+    k = np.abs(_w(model[0].weight)).sum(axis=(2, 3))  # (in 4, out / groups 3)
+    want = np.zeros((6, 4))
+    want[:3, :2], want[3:, 2:] = k[:2].T, k[2:].T
+    np.testing.assert_allclose(g.blocks[0], want)
+    np.testing.assert_allclose(g.blocks[1], np.abs(_w(model[2].weight)).sum(axis=(2, 3)).T)
+
+
+def test_depthwise_conv_is_diagonal():
+    model = nn.Sequential(nn.Conv2d(3, 3, 3, groups=3), nn.ReLU(), nn.Conv2d(3, 2, 1))
+    b = WeightGraph.from_module(model).blocks[0]
+    np.testing.assert_allclose(b, np.diag(np.abs(_w(model[0].weight)).sum(axis=(1, 2, 3))))
+
+
 class Residual(nn.Module):
     def __init__(self):
         super().__init__()
@@ -192,9 +225,30 @@ class WithLSTM(nn.Module):
         return self.rnn(self.enc(x))
 
 
+class Gated(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.a(x) * self.b(x)
+
+
+def test_a_residual_add_merges_the_stream_into_a_self_block():
+    model = Residual()
+    g = WeightGraph.from_module(model)
+    assert not g.is_layered and [(e.src, e.dst) for e in g.edges] == [(0, 1), (1, 1)]
+    assert [layer.kind for layer in g.layers] == ["input", "stream"] and g.sources == ("a", "b")
+    np.testing.assert_allclose(g.edges[1].block, np.abs(_w(model.b.weight)))
+    w = np.abs(_w(model.b.weight))
+    dense = g.adjacency().toarray()
+    np.testing.assert_allclose(dense[4:, 4:], w + w.T - np.diag(np.diag(w)))
+
+
 def test_unsupported_modules_are_named():
-    with pytest.raises(GraphError, match="residual"):
-        WeightGraph.from_module(Residual())
+    with pytest.raises(GraphError, match=r"'mul' \(call_function mul\).*combines 2 activations"):
+        WeightGraph.from_module(Gated())
     with pytest.raises(GraphError, match=r"module 'rnn' \(LSTM\).*Supported"):
         WeightGraph.from_module(WithLSTM())
     attn = nn.Sequential(nn.Linear(4, 4), nn.MultiheadAttention(4, 2))
@@ -324,3 +378,19 @@ def test_trace_chain_records_how_each_block_is_read():
     grouped = trace_chain(nn.Sequential(nn.Conv2d(4, 6, 1, groups=2)))[0]
     full = expand_factor(grouped, torch.arange(24.0).reshape(6, 4))
     assert full.shape == (6, 2, 1, 1) and full[4, :, 0, 0].tolist() == [18.0, 19.0]  # row 4: inputs 2, 3
+
+
+def test_expand_factor_is_the_inverse_layout_of_a_conv_transpose_block():
+    from modscope.graph.blocks import expand_factor, layer_block
+    from modscope.graph.trace import trace_chain
+
+    model = nn.Sequential(nn.ConvTranspose2d(4, 6, 3, groups=2), nn.ReLU(), nn.Conv2d(6, 2, 1))
+    layer = trace_chain(model)[0]
+    factor = torch.arange(24.0).reshape(6, 4) + 1
+    expanded = expand_factor(layer, factor)
+    assert expanded.shape == model[0].weight.shape
+    with torch.no_grad():
+        model[0].weight.copy_(expanded)
+    block = layer_block(layer).detach()  # l1 over a 3x3 kernel of constant entries: 9 times the factor
+    np.testing.assert_allclose(block.numpy(), (9 * factor * (layer_block(layer) > 0)).numpy())
+    assert torch.equal(layer_block(layer) > 0, torch.block_diag(torch.ones(3, 2), torch.ones(3, 2)) > 0)

@@ -12,7 +12,9 @@ Spectral clustering (Ng, Jordan & Weiss 2001; Shi & Malik 2000) never needs ``A`
 Two kinds implement it: :class:`~modscope.cluster.layered_affinity.LayeredAffinity`, the block structure of
 a layered weight graph (dense per-layer products, and the bipartite reduction of
 :mod:`modscope.cluster.bipartite`), and :class:`~modscope.cluster.sparse_affinity.SparseAffinity`, any
-symmetric non-negative matrix stored as scipy sparse. :func:`as_affinity` picks the kind.
+symmetric non-negative matrix stored as scipy sparse -- among them the weight graphs of residual and
+concatenating networks, whose blocks join arbitrary groups (no longer bipartite). :func:`as_affinity`
+picks the kind.
 """
 
 from __future__ import annotations
@@ -53,12 +55,13 @@ class Affinity(Protocol):
 
 
 def as_affinity(source: WeightGraph | Affinity | Any) -> Affinity:
-    """The affinity of ``source``: a :class:`WeightGraph` keeps its layered blocks; an affinity is returned
+    """The affinity of ``source``: a layered :class:`WeightGraph` keeps its blocks, any other one becomes its
+    sparse :meth:`~WeightGraph.adjacency`; an affinity is returned
     as it is; anything else (a scipy sparse matrix or an array of shape ``(n, n)``) is checked to be
     square, finite, non-negative and symmetric and stored sparse.
     """
     if isinstance(source, WeightGraph):
-        return LayeredAffinity(source.blocks)
+        return LayeredAffinity(source.blocks) if source.is_layered else SparseAffinity(source.adjacency())
     if isinstance(source, (LayeredAffinity, SparseAffinity)):
         return source
     return SparseAffinity(source)

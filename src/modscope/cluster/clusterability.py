@@ -18,9 +18,10 @@ from threadpoolctl import threadpool_limits
 from modscope.cluster.affinity import as_affinity
 from modscope.cluster.layered_affinity import LayeredAffinity
 from modscope.cluster.result import ClusterabilityResult, null_summary, shuffle_seed
+from modscope.cluster.sparse_affinity import SparseAffinity
 from modscope.cluster.spectral import N_INIT, PATIENCE, check_k, check_restarts, partition_affinity
-from modscope.graph import WeightGraph, shuffle_blocks
-from modscope.graph.shuffle import check_shuffle
+from modscope.graph import WeightGraph
+from modscope.graph.shuffle import check_shuffle, shuffle_graph_blocks
 from modscope.progress import Progress, notify
 from modscope.seeding import check_seed, numpy_rng
 
@@ -42,8 +43,8 @@ def worker_count(n_jobs: Any, n_tasks: int) -> int:
     return max(1, min(cpus if n_jobs == -1 else int(n_jobs), cpus, n_tasks))
 
 
-def _shuffled(blocks, shuffle: str, seed: int) -> list[np.ndarray]:
-    return shuffle_blocks(blocks, shuffle, numpy_rng(seed, "permutation"))
+def _shuffled(graph: WeightGraph, shuffle: str, seed: int) -> list[np.ndarray]:
+    return shuffle_graph_blocks(graph, shuffle, numpy_rng(seed, "permutation"))
 
 
 def null_graphs(graph: WeightGraph, *, n_shuffles: int = 50, shuffle: str = "layer", seed: int = 0):
@@ -55,12 +56,17 @@ def null_graphs(graph: WeightGraph, *, n_shuffles: int = 50, shuffle: str = "lay
     check_shuffle(shuffle)
     seed = check_seed(seed)
     for j in range(n_shuffles):
-        yield graph.with_blocks(_shuffled(graph.blocks, shuffle, shuffle_seed(seed, j)))
+        yield graph.with_blocks(_shuffled(graph, shuffle, shuffle_seed(seed, j)))
 
 
-def _one_shuffle(blocks, k: int, shuffle: str, settings: dict, seed: int) -> tuple[float, int]:
-    shuffled = _shuffled(blocks, shuffle, seed)
-    p = partition_affinity(LayeredAffinity(shuffled), k, seed=seed, **settings)
+def _one_shuffle(graph: WeightGraph, k: int, shuffle: str, settings: dict, seed: int) -> tuple[float, int]:
+    shuffled = _shuffled(graph, shuffle, seed)
+    aff = (
+        LayeredAffinity(shuffled)
+        if graph.is_layered
+        else SparseAffinity(graph.with_blocks(shuffled).adjacency())
+    )
+    p = partition_affinity(aff, k, seed=seed, **settings)
     return p.ncut, p.n_restarts
 
 
@@ -123,7 +129,7 @@ def clusterability(
 
     aff = as_affinity(graph)
     k = check_k(k, aff.n)
-    args = (graph.blocks, k, shuffle, settings)
+    args = (graph, k, shuffle, settings)
     indexed = [(j, shuffle_seed(seed, j)) for j in range(n_shuffles)]
     if workers == 1:
         results = ([(j, _one_shuffle(*args, s))] for j, s in indexed)

@@ -18,12 +18,21 @@ A weight layer with weight ``W`` gives the non-negative block ``B`` of shape ``(
   ``s_j = gamma_j / sqrt(var_j + eps)``. Right after the layer (nothing but identities between) it
   multiplies row ``j`` of ``B`` by ``|s_j|``; after a nonlinearity it multiplies column ``j`` of the next
   layer's block by ``|s_j|``; after the last nonlinearity of the network, the last block's rows. The shift
-  ``t`` (like every bias) adds no edge.
+  ``t`` (like every bias) adds no edge;
+* ``LayerNorm`` / ``RMSNorm`` over the feature vector (``normalized_shape`` = its size) and ``GroupNorm``
+  fold the same way with ``s_j = |gamma_j|`` (1 without an affine): their per-channel affine is a fixed
+  scale of unit ``j``, while the division by the sample's standard deviation (RMS) is one positive number
+  shared by all units of the sample, so it does not change which unit is joined more strongly than
+  which. A LayerNorm over a feature map (several dimensions) has no per-channel scale and is refused;
+* ``ConvTranspose1d/2d/3d`` store their kernel as ``(in, out / groups, *k)``:
+  ``B[j, i] = || K[i, j', ...] ||`` for output ``j = g(i) * out / groups + j'`` of input ``i``'s group,
+  0 across groups.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,16 +42,24 @@ from torch import Tensor, nn
 
 from modscope.graph.layer import check_channel_norm, reduce_kernel
 
-WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, *CONV_TRANSPOSE)
 BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+# Normalizations whose eval-mode effect on unit j is a fixed scale (see the module docstring).
+FEATURE_NORMS = (nn.LayerNorm, nn.GroupNorm, *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()))
+NORMS = (*BATCHNORM, *FEATURE_NORMS)
 
 __all__ = [
     "BATCHNORM",
+    "CONV_TRANSPOSE",
+    "FEATURE_NORMS",
+    "NORMS",
     "WEIGHTED",
     "WeightLayer",
     "batchnorm_scale",
     "expand_factor",
     "layer_block",
+    "norm_scale",
     "weight_modules",
 ]
 
@@ -54,11 +71,11 @@ class WeightLayer:
     Attributes:
         name: module path of the ``Linear``/``Conv`` module.
         module: the module itself (its ``weight`` is read when the block is computed).
-        kind: ``"linear"`` or ``"conv"``.
+        kind: ``"linear"``, ``"conv"`` or ``"conv_transpose"``.
         in_units, out_units: units (channels for a convolution) of the layer before and of this one.
         spatial: flattened positions per input channel (``P`` above; 1 unless a Linear follows a flatten).
-        row_norms: BatchNorms folded into the rows, in the order they are applied.
-        col_norms: BatchNorms folded into the columns (they normalize this layer's inputs).
+        row_norms: norms (BatchNorm, LayerNorm, ...) folded into the rows, in the order they are applied.
+        col_norms: norms folded into the columns (they normalize this layer's inputs).
     """
 
     name: str
@@ -92,6 +109,17 @@ def batchnorm_scale(norm: nn.Module, read: Callable[[Tensor], Tensor] = _same) -
     return scale
 
 
+def norm_scale(norm: nn.Module, read: Callable[[Tensor], Tensor] = _same) -> Tensor:
+    """The per-unit scale ``|s_j|`` of a BatchNorm (:func:`batchnorm_scale`), or of a LayerNorm / RMSNorm /
+    GroupNorm: ``|gamma_j|``, ones without an affine (module docstring)."""
+    if isinstance(norm, BATCHNORM):
+        return batchnorm_scale(norm, read)
+    if norm.weight is not None:
+        return read(norm.weight).abs().reshape(-1)
+    n = norm.num_channels if isinstance(norm, nn.GroupNorm) else math.prod(norm.normalized_shape)
+    return torch.ones(n)
+
+
 def _product(scales: Sequence[Tensor]) -> Tensor:
     return functools.reduce(operator.mul, scales)
 
@@ -112,14 +140,18 @@ def layer_block(
             block = w.abs()
         else:  # PyTorch flattens channel-major: feature c * spatial + s belongs to channel c
             block = reduce_kernel(w.reshape(layer.out_units, layer.in_units, layer.spatial), channel_norm)
+    elif layer.kind == "conv_transpose":
+        reduced = reduce_kernel(w, channel_norm).T  # (out / groups, in)
+        groups = layer.module.groups
+        block = reduced if groups == 1 else torch.block_diag(*reduced.chunk(groups, dim=1))
     else:
         reduced = reduce_kernel(w, channel_norm)  # (out, in / groups)
         groups = layer.module.groups
         block = reduced if groups == 1 else torch.block_diag(*reduced.chunk(groups, dim=0))
     if layer.col_norms:
-        block = block * _product([batchnorm_scale(n, read) for n in layer.col_norms])[None, :]
+        block = block * _product([norm_scale(n, read) for n in layer.col_norms])[None, :]
     for norm in layer.row_norms:
-        block = block * batchnorm_scale(norm, read)[:, None]
+        block = block * norm_scale(norm, read)[:, None]
     return block
 
 
@@ -133,6 +165,14 @@ def expand_factor(layer: WeightLayer, factor: Tensor) -> Tensor:
     if layer.kind == "linear":
         return factor if layer.spatial == 1 else factor.repeat_interleave(layer.spatial, dim=1)
     groups = layer.module.groups
+    if layer.kind == "conv_transpose":  # weight (in, out / groups): output j' of i is g(i) * per_out + j'
+        per_in, per_out = layer.in_units // groups, layer.out_units // groups
+        t = factor.T
+        if groups > 1:
+            rows = torch.arange(layer.in_units, device=factor.device)
+            cols = (rows // per_in)[:, None] * per_out + torch.arange(per_out, device=factor.device)[None, :]
+            t = t[rows[:, None], cols]
+        return t.reshape(*t.shape, *([1] * (w.ndim - 2))).expand_as(w)
     per_in, per_out = layer.in_units // groups, layer.out_units // groups
     if groups > 1:  # weight (out, in / groups): input i of output j is global input g(j) * per_in + i
         rows = torch.arange(layer.out_units, device=factor.device)
@@ -142,7 +182,8 @@ def expand_factor(layer: WeightLayer, factor: Tensor) -> Tensor:
 
 
 def weight_modules(model: nn.Module, names: Sequence[str] | None = None) -> list[tuple[str, nn.Module]]:
-    """``(path, module)`` of the ``Linear``/``Conv`` modules of ``model`` (definition order) or of ``names``.
+    """``(path, module)`` of the ``Linear``/``Conv``/``ConvTranspose`` modules of ``model`` (definition
+    order) or of ``names``.
 
     Raises ``ValueError`` for a name that is not a weight layer, listing those that are.
     """

@@ -14,10 +14,11 @@ class GraphError(ValueError):
 
 @dataclass(frozen=True)
 class Layer:
-    """One column of nodes.
+    """One group ("column") of nodes.
 
     ``name`` is the module path of the weight layer that produces the units (``"input"`` for the input
-    features), ``kind`` one of ``"input"``, ``"linear"``, ``"conv"``, ``"weights"`` (from raw matrices).
+    features; for a residual stream, the first layer writing it), ``kind`` one of ``"input"``, ``"linear"``,
+    ``"conv"``, ``"weights"`` (from raw matrices), ``"stream"`` (units shared by a residual add).
     """
 
     name: str

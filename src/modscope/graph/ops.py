@@ -1,14 +1,16 @@
-"""Which modules and operations a feed-forward chain may contain, and what each does to the units.
+"""Which modules and operations a traced network may contain, and what each does to the units.
 
 Read by :mod:`modscope.graph.trace`: a *pass* operation keeps the units (an activation, a pooling) but ends a
 run of identities, so a BatchNorm after it scales the next layer's inputs; an *identity* leaves values
 untouched in eval mode, so a BatchNorm after it still folds into the previous layer's rows; a *flatten* turns
 channels into one feature vector (:func:`check_flattens` checks that it does); a *meta* method returns no
-activation.
+activation. An *add* of two activations merges their units, a *cat* concatenates them, and a *constant*
+operation (a number added or multiplied) keeps them (rules in :mod:`modscope.graph.trace`).
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -99,12 +101,17 @@ FLATTEN_FUNCTIONS = {torch.flatten}
 PASS_METHODS = {"relu", "sigmoid", "tanh", "softmax", "log_softmax", "gelu"}
 IDENTITY_METHODS = {"contiguous", "float", "double", "to", "type_as", "detach"}
 FLATTEN_METHODS = {"flatten", "view", "reshape"}
+ADD_OPS = {operator.add, operator.iadd, operator.sub, operator.isub, torch.add, torch.sub, "add", "add_"}
+CAT_OPS = {torch.cat, torch.concat, torch.concatenate}
+# With one activation and a number: a shift or a uniform scale keeps the units.
+CONSTANT_OPS = ADD_OPS | {operator.mul, operator.imul, operator.truediv, operator.neg, torch.mul, "mul"}
 # Methods whose result is not a unit activation (e.g. ``x.size(0)`` feeding a ``view``).
 META_METHODS = {"size", "dim"}
 
 SUPPORTED = (
-    "Linear, Conv1d/2d/3d, BatchNorm1d/2d/3d, activations (ReLU, GELU, Tanh, Sigmoid, ...), Dropout, "
-    "Identity, max/avg/adaptive pooling, Flatten / torch.flatten / view / reshape, in one feed-forward chain"
+    "Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d, BatchNorm1d/2d/3d, LayerNorm/RMSNorm over features, "
+    "GroupNorm, activations (ReLU, GELU, Tanh, Sigmoid, ...), Dropout, Identity, max/avg/adaptive pooling, "
+    "Flatten / torch.flatten / view / reshape, residual adds, torch.cat on channels"
 )
 
 
@@ -119,23 +126,47 @@ def where(node: fx.Node, gm: fx.GraphModule) -> str:
     return f"operation '{node.name}' ({node.op} {target}){inside}"
 
 
-def check_flattens(gm: fx.GraphModule, input_shape: Sequence[int]) -> None:
-    """Run the model once on zeros and check that each view/reshape/flatten gives ``(batch, features)``."""
-    shape = tuple(int(s) for s in input_shape)
-    if not shape or any(s <= 0 for s in shape):
-        raise GraphError(f"input_shape must be positive sizes without the batch dimension, got {input_shape}")
+def check_flattens(
+    gm: fx.GraphModule, input_shape: Sequence[int] | None, example_inputs: tuple | dict | None = None
+) -> None:
+    """Run the model once (on zeros of ``input_shape`` with a batch of 2, or on ``example_inputs``: a tuple
+    of positional or a dict of keyword inputs) and check that each view/reshape/flatten gives
+    ``(batch, features)``."""
+    if input_shape is not None:
+        shape = tuple(int(s) for s in input_shape)
+        if not shape or any(s <= 0 for s in shape):
+            raise GraphError(
+                f"input_shape must be positive sizes without the batch dimension, got {input_shape}"
+            )
+        args, what = (torch.zeros((2, *shape)),), f"inputs of shape {shape}"
+    elif isinstance(example_inputs, tuple):
+        args, what = example_inputs, "the example_inputs"
+    elif isinstance(example_inputs, dict):
+        args, what = example_inputs, "the example_inputs"
+    else:
+        raise GraphError(
+            "example_inputs must be a tuple of positional inputs or a dict of keyword inputs, got "
+            f"{type(example_inputs).__name__}"
+        )
     was_training = gm.training
     gm.eval()
     run = _Shapes(gm)
     try:
         with torch.no_grad():
-            run.run(torch.zeros((2, *shape)))
+            if isinstance(args, dict):
+                names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
+                unknown = sorted(set(args) - set(names))
+                if unknown:
+                    raise GraphError(f"example_inputs names {unknown}; forward takes {names}")
+                run.run(*[args.get(n) for n in names])
+            else:
+                run.run(*args)
+    except GraphError:
+        raise
     except Exception as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         at = f"{where(run.node, gm)} fails ({reason})" if run.node is not None else reason
-        raise GraphError(
-            f"the model does not accept inputs of shape {shape}: {at}; {_expected_input(gm)}"
-        ) from None
+        raise GraphError(f"the model does not accept {what}: {at}; {_expected_input(gm)}") from None
     finally:
         gm.train(was_training)
     for node in gm.graph.nodes:

@@ -13,52 +13,71 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import scipy.sparse as sp
 
 if TYPE_CHECKING:  # torch is only needed to read a module
     import torch
 
+from modscope.graph.edges import Edge, adjacency_of, check_edges
 from modscope.graph.layer import GraphError, Layer, check_channel_norm, reduce_kernel
 
 
 class WeightGraph:
-    """A layered weight graph.
+    """A weight graph: groups of units ("layers") joined by dense weight blocks.
 
     Parameters
     ----------
     layers : sequence of :class:`Layer`
-        The node columns, input first.
-    blocks : sequence of arrays
-        ``blocks[l]`` has shape ``(layers[l+1].size, layers[l].size)`` (PyTorch's ``(out, in)``
-        convention) and holds the non-negative, finite edge weights between layer ``l`` and ``l + 1``.
+        The groups of nodes, input first.
+    blocks : sequence of arrays, optional
+        The layered chain: ``blocks[l]`` has shape ``(layers[l+1].size, layers[l].size)`` (PyTorch's
+        ``(out, in)`` convention) and holds the non-negative, finite edge weights between layer ``l`` and
+        ``l + 1``. Give either ``blocks`` or ``edges``.
+    edges : sequence of ``(src, dst, block)``, optional
+        A general graph: blocks between any two groups (:class:`Edge`), several between the same pair
+        (their weights add) or from a group to itself allowed. Edges ``[(0, 1, B0), (1, 2, B1), ...]``
+        are the same graph as ``blocks=[B0, B1, ...]``.
+    sources : sequence of str, optional
+        The weight layer each block comes from (default: one per block). The blocks of one weight layer
+        (a layer reading a concatenation is split by the groups it reads) are shuffled together.
 
-    Nodes are numbered layer by layer: node ``offsets[l] + i`` is unit ``i`` of layer ``l``.
-    Build one with :meth:`from_module` or :meth:`from_weights`.
+    Nodes are numbered group by group: node ``offsets[l] + i`` is unit ``i`` of group ``l``. A graph whose
+    edges are exactly the chain ``l -> l + 1`` is *layered* (:attr:`is_layered`): the clustering then uses
+    its block-tridiagonal structure, otherwise the sparse :meth:`adjacency`. The layered structure is what
+    lesions and the partition plot need (:meth:`require_layered`). Build one with :meth:`from_module` or
+    :meth:`from_weights`.
     """
 
-    def __init__(self, layers: Sequence[Layer], blocks: Sequence[np.ndarray]):
+    def __init__(
+        self,
+        layers: Sequence[Layer],
+        blocks: Sequence[np.ndarray] | None = None,
+        *,
+        edges: Sequence[tuple[int, int, Any]] | None = None,
+        sources: Sequence[str] | None = None,
+    ):
         layers = tuple(layers)
         if len(layers) < 2:
             raise GraphError(f"a weight graph needs at least two layers, got {len(layers)}")
-        if len(blocks) != len(layers) - 1:
-            raise GraphError(f"{len(layers)} layers need {len(layers) - 1} blocks, got {len(blocks)}")
-        checked = []
-        for i, block in enumerate(blocks):
-            b = np.array(block, dtype=np.float64, copy=True)
-            want = (layers[i + 1].size, layers[i].size)
-            if b.shape != want:
-                raise GraphError(
-                    f"block {i} ({layers[i].name} -> {layers[i + 1].name}) has shape {b.shape}, "
-                    f"expected {want}"
-                )
-            if not np.all(np.isfinite(b)):
-                raise GraphError(f"block {i} ({layers[i + 1].name}) has non-finite weights (NaN or inf)")
-            if np.any(b < 0):
-                raise GraphError(f"block {i} ({layers[i + 1].name}) has negative edge weights")
-            b.setflags(write=False)
-            checked.append(b)
+        if (blocks is None) == (edges is None):
+            raise GraphError("give either blocks (a layered chain) or edges (a general graph), not both")
+        if blocks is not None:
+            if len(blocks) != len(layers) - 1:
+                raise GraphError(f"{len(layers)} layers need {len(layers) - 1} blocks, got {len(blocks)}")
+            edges = [(i, i + 1, b) for i, b in enumerate(blocks)]
+        checked = check_edges(layers, edges)
+        if not checked:
+            raise GraphError("a weight graph needs at least one block of edges")
+        if sources is None:
+            sources = [f"{layers[e.dst].name}#{i}" for i, e in enumerate(checked)]
+        if len(sources) != len(checked):
+            raise GraphError(f"got {len(sources)} sources for {len(checked)} blocks")
         self.layers: tuple[Layer, ...] = layers
-        self.blocks: tuple[np.ndarray, ...] = tuple(checked)
+        self.edges: tuple[Edge, ...] = tuple(checked)
+        self.sources: tuple[str, ...] = tuple(str(s) for s in sources)
+        self.blocks: tuple[np.ndarray, ...] = tuple(e.block for e in checked)
+        self.is_layered: bool = len(checked) == len(layers) - 1 and all(
+            e.src == i and e.dst == i + 1 for i, e in enumerate(checked)
+        )
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -100,13 +119,15 @@ class WeightGraph:
         model: torch.nn.Module,
         input_shape: Sequence[int] | None = None,
         *,
+        example_inputs: tuple | dict | None = None,
         channel_norm: str = "l1",
+        residual: str = "merge",
         include_inputs: bool = True,
         include_outputs: bool = True,
     ) -> WeightGraph:
-        """The weight graph of a feed-forward PyTorch model.
+        """The weight graph of a PyTorch model: a feed-forward chain, or a residual / concatenating network.
 
-        The chain of layers is found by tracing ``model.forward`` with ``torch.fx``, so a model written as
+        The layers are found by tracing ``model.forward`` with ``torch.fx``, so a model written as
         a plain ``forward`` works as well as an ``nn.Sequential``. Supported: ``Linear``, ``Conv1d/2d/3d``
         (one node per channel, edge = ``channel_norm`` of the kernel slice), ``BatchNorm1d/2d/3d``
         (folded: right after a weight layer it scales row ``j`` by ``|gamma_j| / sqrt(var_j + eps)``,
@@ -114,47 +135,98 @@ class WeightGraph:
         ``Flatten``/``view``/``reshape`` (a linear layer after a flatten is mapped back onto channels by
         combining the edges of all spatial positions with ``channel_norm``). Biases are ignored. The rule
         is :mod:`modscope.graph.blocks`, the one the clusterability penalty of :mod:`modscope.training`
-        uses; the chain is :func:`modscope.graph.trace.trace_chain`.
+        uses; the chain is :func:`modscope.graph.trace.trace_chain`. Residual adds and channel
+        concatenations give a general graph (rules in :mod:`modscope.graph.trace`); LayerNorm / GroupNorm /
+        RMSNorm fold by their per-channel ``|gamma|``; ``ConvTranspose`` is read in its ``(in, out)`` layout.
 
         Parameters
         ----------
         model : nn.Module
-            Anything ``torch.fx.symbolic_trace`` can trace, with one tensor input and one tensor output.
+            Anything ``torch.fx.symbolic_trace`` can trace, returning one tensor; each tensor input is a
+            group of input units (``"input"``, or ``"input:NAME"`` for several).
         input_shape : sequence of int, optional
             Shape of one example, without the batch dimension, e.g. ``(1, 28, 28)``. When given, the model
             is run once on zeros to check that every flatten really flattens; without it, a
             ``view``/``reshape`` is taken to be a flatten to ``(batch, -1)``.
+        example_inputs : tuple or dict, optional
+            Instead of ``input_shape``, real inputs for that run: a tuple of positional inputs or a dict of
+            keyword inputs, batch dimension included (for several inputs or inputs of several shapes).
         channel_norm : {"l1", "l2"}
             Norm of a conv kernel slice (``"l1"``: sum of ``|K|``, the default; ``"l2"``: Frobenius).
+        residual : {"merge", "filan"}
+            How a residual add is represented (:mod:`modscope.graph.trace`). ``"merge"`` (default): the
+            two operands' units are the same nodes, one group per residual stream, no weight copied.
+            ``"filan"``: as Filan et al.'s code did for ResNet-50 -- each layer reading a sum has its own
+            copy of the units, joined by a copy of the block of every layer written into the sum (each
+            copy shuffled on its own). The same graph on a network without adds.
         include_inputs, include_outputs : bool
             Keep the input-feature nodes and the output-unit nodes (default: both, as in the papers).
 
         Raises
         ------
         GraphError
-            For a module or operation that is not a feed-forward chain (residual ``add``, LSTM,
-            attention, ...) -- naming its path and type -- and for non-finite weights.
+            For a module or operation that cannot be represented (LSTM, attention, a product of two
+            activations, ...) -- naming its path and type -- and for non-finite weights.
         """
         from modscope.graph.trace import trace_layers
 
         check_channel_norm(channel_norm)
-        layers, blocks = trace_layers(model, input_shape, channel_norm)
-        graph = cls(layers, blocks)
+        if input_shape is not None and example_inputs is not None:
+            raise GraphError("give input_shape or example_inputs, not both")
+        layers, edges, sources = trace_layers(
+            model, input_shape, channel_norm, example_inputs=example_inputs, residual=residual
+        )
+        if [(s, d) for s, d, _ in edges] == [(i, i + 1) for i in range(len(layers) - 1)]:
+            graph = cls(layers, [b for _, _, b in edges])
+        else:
+            graph = cls(layers, edges=edges, sources=sources)
         return graph.trimmed(include_inputs=include_inputs, include_outputs=include_outputs)
 
     def trimmed(self, *, include_inputs: bool = True, include_outputs: bool = True) -> WeightGraph:
-        """The same graph without the input and/or output layer."""
-        lo = 0 if include_inputs else 1
-        hi = len(self.layers) if include_outputs else len(self.layers) - 1
-        if hi - lo < 2:
+        """The same graph without the input groups (kind ``"input"``) and/or the output group (the last)."""
+        drop = set()
+        if not include_inputs:
+            inputs = [i for i, layer in enumerate(self.layers) if layer.kind == "input"]
+            drop |= {0} if self.is_layered else set(inputs)
+        if not include_outputs:
+            drop.add(len(self.layers) - 1)
+        if len(self.layers) - len(drop) < 2:
             raise GraphError(
-                f"dropping inputs/outputs leaves {max(hi - lo, 0)} layer(s); a weight graph needs two"
+                f"dropping inputs/outputs leaves {max(len(self.layers) - len(drop), 0)} layer(s); "
+                "a weight graph needs two"
             )
-        return WeightGraph(self.layers[lo:hi], self.blocks[lo : hi - 1])
+        if self.is_layered:
+            lo, hi = (1 if 0 in drop else 0), len(self.layers) - (1 if len(self.layers) - 1 in drop else 0)
+            return WeightGraph(self.layers[lo:hi], self.blocks[lo : hi - 1])
+        keep = [i for i in range(len(self.layers)) if i not in drop]
+        new = {old: j for j, old in enumerate(keep)}
+        kept = [i for i, e in enumerate(self.edges) if e.src in new and e.dst in new]
+        edges = [(new[self.edges[i].src], new[self.edges[i].dst], self.edges[i].block) for i in kept]
+        return WeightGraph(
+            [self.layers[i] for i in keep], edges=edges, sources=[self.sources[i] for i in kept]
+        )
 
     def with_blocks(self, blocks: Sequence[np.ndarray]) -> WeightGraph:
-        """The same layers with other edge weights (a shuffled null model, say)."""
-        return WeightGraph(self.layers, blocks)
+        """The same groups and edges with other edge weights (a shuffled null model, say), in edge order."""
+        if self.is_layered:
+            return WeightGraph(self.layers, blocks)
+        if len(blocks) != len(self.edges):
+            raise GraphError(f"the graph has {len(self.edges)} blocks, got {len(blocks)}")
+        edges = [(e.src, e.dst, b) for e, b in zip(self.edges, blocks)]
+        return WeightGraph(self.layers, edges=edges, sources=self.sources)
+
+    def require_layered(self, what: str) -> None:
+        """Raise :class:`GraphError` unless the graph is a layered chain (``what`` needs one)."""
+        if not self.is_layered:
+            pairs = ", ".join(
+                f"{self.layers[e.src].name} -> {self.layers[e.dst].name}"
+                for i, e in enumerate(self.edges)
+                if not (e.src + 1 == e.dst and i == e.src)
+            )
+            raise GraphError(
+                f"this graph is not a layered chain (blocks {pairs[:200]} join groups out of chain "
+                f"order): {what} are not yet available for residual or concatenating networks"
+            )
 
     # ------------------------------------------------------------------ views
     @property
@@ -181,7 +253,9 @@ class WeightGraph:
         return np.repeat(np.arange(len(self.layers)), self.layer_sizes)
 
     def degrees(self) -> np.ndarray:
-        """Weighted degree of every node, shape ``(n_nodes,)``."""
+        """Weighted degree of every node, shape ``(n_nodes,)`` (a self-loop ``i -> i`` counts once)."""
+        if not self.is_layered:
+            return np.asarray(self.adjacency().sum(axis=1)).ravel()
         deg = np.zeros(self.n_nodes)
         off = self.offsets
         for i, b in enumerate(self.blocks):
@@ -189,28 +263,19 @@ class WeightGraph:
             deg[off[i + 1] : off[i + 2]] += b.sum(axis=1)
         return deg
 
-    def adjacency(self) -> sp.csr_array:
-        """The symmetric ``(n_nodes, n_nodes)`` adjacency matrix, sparse (zeros not stored)."""
-        off = self.offsets
-        rows, cols, vals = [], [], []
-        for i, b in enumerate(self.blocks):
-            r, c = np.nonzero(b)
-            rows.append(r + off[i + 1])
-            cols.append(c + off[i])
-            vals.append(b[r, c])
-        # 32-bit indices where they fit: scikit-learn's graph code refuses 64-bit ones.
-        idx = np.int32 if self.n_nodes < 2**31 else np.int64
-        r = np.concatenate(rows).astype(idx)
-        c = np.concatenate(cols).astype(idx)
-        v = np.concatenate(vals)
-        n = self.n_nodes
-        a = sp.csr_array((np.concatenate([v, v]), (np.concatenate([r, c]), np.concatenate([c, r]))), (n, n))
-        a.indices, a.indptr = a.indices.astype(idx), a.indptr.astype(idx)
-        return a
+    def adjacency(self) -> Any:
+        """The symmetric ``(n_nodes, n_nodes)`` adjacency matrix, sparse (zeros not stored).
+
+        ``A[u, v]`` is the sum of the blocks' weights joining ``u`` and ``v`` in either direction; the
+        weight of a self-loop ``W[i, i]`` (a self-block's diagonal) is stored once, on the diagonal
+        (a ``scipy.sparse.csr_array``).
+        """
+        return adjacency_of(self.edges, self.offsets)
 
     def __repr__(self) -> str:
         sizes = "-".join(str(s) for s in self.layer_sizes)
-        return f"WeightGraph(layers={sizes}, nodes={self.n_nodes}, edges={self.n_edges})"
+        extra = "" if self.is_layered else f", blocks={len(self.edges)}"
+        return f"WeightGraph(layers={sizes}, nodes={self.n_nodes}, edges={self.n_edges}{extra})"
 
 
 def _as_numpy(w: Any, what: str) -> np.ndarray:

@@ -39,6 +39,7 @@ def silenced(model: nn.Module, graph: WeightGraph, units: Mapping[int, Sequence[
     """Evaluate ``model`` with some units silenced: ``units`` maps a hidden layer index of ``graph`` (1 ..
     ``len(graph.layers) - 2``) to the unit indices within that layer.
     """
+    graph.require_layered("lesions")
     modules = dict(model.named_modules())
     handles = []
     try:

@@ -60,6 +60,7 @@ def edge_list(
     """
     if relative_to not in ("layer", "global"):
         raise ValueError(f"relative_to must be 'layer' or 'global', got {relative_to!r}")
+    graph.require_layered("partition plots")
     off = graph.offsets
     top = max((float(b.max()) for b in graph.blocks if b.size), default=0.0)
     src, dst, w = [], [], []
