@@ -237,7 +237,7 @@ class Gated(nn.Module):
 
 def test_a_residual_add_merges_the_stream_into_a_self_block():
     model = Residual()
-    g = WeightGraph.from_module(model)
+    g = WeightGraph.from_module(model, residual="merge")
     assert not g.is_layered and [(e.src, e.dst) for e in g.edges] == [(0, 1), (1, 1)]
     assert [layer.kind for layer in g.layers] == ["input", "stream"] and g.sources == ("a", "b")
     np.testing.assert_allclose(g.edges[1].block, np.abs(_w(model.b.weight)))

@@ -123,7 +123,7 @@ def _same_partition(labels: np.ndarray, truth: np.ndarray) -> bool:
 # ---------------------------------------------------------------------- structure
 def test_residual_mlp_merges_the_stream_into_one_group():
     model = ResidualMLP()
-    g = WeightGraph.from_module(model)
+    g = WeightGraph.from_module(model, residual="merge")
     assert [(layer.name, layer.size, layer.kind) for layer in g.layers] == [
         ("input", 8, "input"),
         ("stem", 10, "stream"),
@@ -135,7 +135,7 @@ def test_residual_mlp_merges_the_stream_into_one_group():
     assert g.sources == ("stem", "b1.fc1", "b1.fc2", "b2.fc1", "b2.fc2", "head")
     np.testing.assert_allclose(g.edges[2].block, np.abs(model.b1["fc2"].weight.detach().double().numpy()))
     assert not g.is_layered and g.n_nodes == 34
-    inner = WeightGraph.from_module(model, include_inputs=False, include_outputs=False)
+    inner = WeightGraph.from_module(model, include_inputs=False, include_outputs=False, residual="merge")
     assert [layer.name for layer in inner.layers] == ["stem", "b1.fc1", "b2.fc1"]
     assert [(e.src, e.dst) for e in inner.edges] == [(0, 1), (1, 0), (0, 2), (2, 0)]
     assert inner.sources == g.sources[1:5]
@@ -145,7 +145,7 @@ def test_residual_mlp_merges_the_stream_into_one_group():
 
 def test_resnet_like_folds_batchnorm_and_keeps_the_downsample_as_a_block():
     model = _planted(ResNetLike())
-    g = WeightGraph.from_module(model, input_shape=(2, 6, 6))
+    g = WeightGraph.from_module(model, input_shape=(2, 6, 6), residual="merge")
     names = [layer.name for layer in g.layers]
     assert names == ["input", "stem.0", "layer1.conv1", "layer2.conv1", "layer2.conv2", "fc"]
     stream1, stream2 = names.index("stem.0"), names.index("layer2.conv2")
@@ -263,7 +263,7 @@ def test_what_cannot_be_represented_is_named():
 
 
 def test_lesions_and_plots_ask_for_a_chain():
-    g = WeightGraph.from_module(ResidualMLP())
+    g = WeightGraph.from_module(ResidualMLP(), residual="merge")
     with pytest.raises(GraphError, match=r"not a layered chain \(blocks b1\.fc1 -> stem.*: lesions are"):
         g.require_layered("lesions")
     from modscope.lesion.silence import silenced
@@ -342,7 +342,7 @@ def test_a_norm_on_the_output_stream_scales_every_layer_writing_it():
         model.norm.weight.copy_(torch.tensor([0.5, -2.0, 3.0, 1.0]))
     gamma = np.array([0.5, 2.0, 3.0, 1.0])
     a, b = (np.abs(m.weight.detach().double().numpy()) for m in (model.a, model.b))
-    merged = WeightGraph.from_module(model)
+    merged = WeightGraph.from_module(model, residual="merge")
     assert [(e.src, e.dst) for e in merged.edges] == [(0, 1), (1, 1)]
     np.testing.assert_allclose(merged.edges[0].block, a * gamma[:, None])
     np.testing.assert_allclose(merged.edges[1].block, b * gamma[:, None])

@@ -71,7 +71,7 @@ def trace_layers(
     channel_norm: str,
     *,
     example_inputs: tuple | dict | None = None,
-    residual: str = "merge",
+    residual: str = "filan",
 ) -> tuple[list[Layer], list[tuple[int, int, np.ndarray]], list[str]]:
     """Groups, float64 ``(src, dst, (out, in) block)`` edges and their weight layers, for WeightGraph."""
     _check_model(model)

@@ -121,7 +121,7 @@ class WeightGraph:
         *,
         example_inputs: tuple | dict | None = None,
         channel_norm: str = "l1",
-        residual: str = "merge",
+        residual: str = "filan",
         include_inputs: bool = True,
         include_outputs: bool = True,
     ) -> WeightGraph:
@@ -153,12 +153,12 @@ class WeightGraph:
             keyword inputs, batch dimension included (for several inputs or inputs of several shapes).
         channel_norm : {"l1", "l2"}
             Norm of a conv kernel slice (``"l1"``: sum of ``|K|``, the default; ``"l2"``: Frobenius).
-        residual : {"merge", "filan"}
-            How a residual add is represented (:mod:`modscope.graph.trace`). ``"merge"`` (default): the
-            two operands' units are the same nodes, one group per residual stream, no weight copied.
-            ``"filan"``: as Filan et al.'s code did for ResNet-50 -- each layer reading a sum has its own
-            copy of the units, joined by a copy of the block of every layer written into the sum (each
-            copy shuffled on its own). The same graph on a network without adds.
+        residual : {"filan", "merge"}
+            How a residual add is represented (:mod:`modscope.graph.trace`). ``"filan"`` (default, what
+            Filan et al.'s code did for ResNet-50): each layer reading a sum has its own copy of the units,
+            joined by a copy of the block of every layer written into the sum (each copy shuffled on its
+            own). ``"merge"``: the two operands' units are the same nodes, one group per residual stream,
+            no weight copied (each unit appears once). The same graph on a network without adds.
         include_inputs, include_outputs : bool
             Keep the input-feature nodes and the output-unit nodes (default: both, as in the papers).
 
