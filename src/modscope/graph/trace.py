@@ -37,9 +37,8 @@ directly. Each copy is its own ``source``, so it is shuffled on its own, as they
 from their code remain on purpose: norms fold by this package's rule (:mod:`modscope.graph.blocks`; they
 multiplied every BatchNorm into the weights before it, even across a nonlinearity), and the input and
 head are kept (``include_inputs`` / ``include_outputs``). Without adds the two rules give the same graph.
-``"merge"`` is the default: it represents each unit once (lesions silence a stream dimension, not one
-of its copies) and never counts a weight twice; the choice is recorded by nothing else, so pass it
-explicitly when reproducing the paper.
+``"filan"`` is the default, as the paper's; ``"merge"`` represents each unit once (a lesion silences a
+stream dimension, not one of its copies) and never counts a weight twice.
 """
 
 from __future__ import annotations
