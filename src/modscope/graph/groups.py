@@ -120,11 +120,9 @@ class Groups:
             out.append(copy)
         return tuple(out)
 
-    def assemble(
-        self, reads: Sequence[Reads], blocks: Sequence[np.ndarray], names: Sequence[str], output: int
-    ) -> tuple[list[Layer], list[tuple[int, int, np.ndarray]], list[str]]:
-        """The graph's groups (merged classes with edges, in creation order, the output's last), its edges
-        ``(src, dst, block)`` (each weight layer's block split by the groups it reads) and their sources."""
+    def kept(self, reads: Sequence[Reads], output: int) -> tuple[list[Reads], list[int]]:
+        """The blocks the graph keeps (``reads`` that write units which exist, then the copies) and the root
+        of each of the graph's groups, in the graph's order (:meth:`assemble`)."""
         out = self.find(output)
         summed = {self.find(t) for terms in self.sums.values() for t in terms}
         # A layer's own output units exist where they are read as they are; only through sums, not at all.
@@ -132,6 +130,14 @@ class Groups:
         reads += self.copies
         used = {self.find(g) for r in reads for g in (*r.inputs, r.output)}
         roots = [g for g in range(len(self.parent)) if self.find(g) == g and g in used and g != out] + [out]
+        return reads, roots
+
+    def assemble(
+        self, reads: Sequence[Reads], blocks: Sequence[np.ndarray], names: Sequence[str], output: int
+    ) -> tuple[list[Layer], list[tuple[int, int, np.ndarray]], list[str]]:
+        """The graph's groups (merged classes with edges, in creation order, the output's last), its edges
+        ``(src, dst, block)`` (each weight layer's block split by the groups it reads) and their sources."""
+        reads, roots = self.kept(reads, output)
         index = {g: i for i, g in enumerate(roots)}
         for g in roots:
             if self.layers[g].size < 0:

@@ -42,9 +42,9 @@ class WeightGraph:
 
     Nodes are numbered group by group: node ``offsets[l] + i`` is unit ``i`` of group ``l``. A graph whose
     edges are exactly the chain ``l -> l + 1`` is *layered* (:attr:`is_layered`): the clustering then uses
-    its block-tridiagonal structure, otherwise the sparse :meth:`adjacency`. The layered structure is what
-    lesions and the partition plot need (:meth:`require_layered`). Build one with :meth:`from_module` or
-    :meth:`from_weights`.
+    its block-tridiagonal structure, otherwise the sparse :meth:`adjacency`; lesions find where a general
+    graph's groups are read by tracing the model again (:mod:`modscope.graph.sites`). Build one with
+    :meth:`from_module` or :meth:`from_weights`.
     """
 
     def __init__(

@@ -1,6 +1,7 @@
 """Lesions of the modules the structural lens finds: importance and dependencies (SPEC §1.4).
 
-:func:`lesion_modules` silences each module (the units of one hidden layer in one cluster) and tests its
+:func:`lesion_modules` silences each module (the units of one hidden layer -- a group of a general graph:
+a residual stream, one layer's copy of it, a concatenated layer -- in one cluster) and tests its
 damage against random same-size lesions (:class:`LesionStudy`); :func:`lesion_pairs` tests pairs of
 important modules for interaction (:class:`PairStudy`); :func:`silenced` is the silencing itself (Filan et
 al., "Clusterability in Neural Networks", arXiv:2103.03386, §6). A module that is its whole layer, or whose

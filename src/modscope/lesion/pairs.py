@@ -3,8 +3,8 @@
 For a pair of important modules a, b the interaction is ``damage(a and b) - damage(a) - damage(b)``: 0
 when their damages add up, positive when losing both hurts more than the sum (each backs the other up),
 negative when one already does the other's harm. It is compared with the same quantity for ``n_random``
-random pairs of unit sets of the same sizes in the same layers (disjoint within a layer), two-sided:
-``p = (1 + #{|random| >= |interaction|}) / (1 + n_random)``.
+random pairs of unit sets of the same sizes in the same layers (groups of a general graph; disjoint within
+a layer), two-sided: ``p = (1 + #{|random| >= |interaction|}) / (1 + n_random)``.
 
 Only modules labelled ``"important"`` are paired. A ``"whole layer"`` module, whatever its damage, is never
 one: each of its controls would be the module itself, so a pair's controls would keep it silenced and only
@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from modscope.graph import WeightGraph
 from modscope.lesion.results import LesionStudy, ModuleLesion, PairLesion, PairStudy
+from modscope.lesion.silence import hidden_groups, sites_of
 from modscope.lesion.study import check_eval_set, check_int, class_accuracy, damage
 from modscope.progress import Progress, notify
 from modscope.seeding import check_seed, numpy_rng
@@ -63,8 +64,10 @@ def lesion_pairs(
     n_random = study.n_random if n_random is None else check_int(n_random, "n_random", 1)
     seed = check_seed(seed, "seed")
     eval_set = check_eval_set(eval_set)
+    sites = sites_of(model, graph)
+    hidden = set(hidden_groups(graph, sites))
     for m in study.modules:
-        if not 1 <= m.layer <= len(graph.layers) - 2 or graph.layers[m.layer].name != m.layer_name:
+        if m.layer not in hidden or graph.layers[m.layer].name != m.layer_name:
             raise ValueError(
                 f"study's module in layer {m.layer} ({m.layer_name!r}) is not a hidden layer of the graph: "
                 "was the study made on another graph?"
@@ -81,17 +84,17 @@ def lesion_pairs(
     notify(progress, "pairs", 0, len(pairs))
     for i, j in pairs:
         a, b = study.modules[i], study.modules[j]
-        joint = damage(model, graph, eval_set, base, _union(a, b))[0]
+        joint = damage(model, graph, eval_set, base, _union(a, b), sites)[0]
         interaction = joint - a.damage - b.damage
         rng = numpy_rng(seed, "lesion pair", a.layer, a.cluster, b.layer, b.cluster)
         random = []
         for _ in range(n_random):
             ra = _random_like(graph, a, rng)
             rb = _random_like(graph, b, rng, avoid=ra if a.layer == b.layer else None)
-            da = damage(model, graph, eval_set, base, {a.layer: ra})[0]
-            db = damage(model, graph, eval_set, base, {b.layer: rb})[0]
+            da = damage(model, graph, eval_set, base, {a.layer: ra}, sites)[0]
+            db = damage(model, graph, eval_set, base, {b.layer: rb}, sites)[0]
             both = _merge({a.layer: ra}, {b.layer: rb})
-            random.append(damage(model, graph, eval_set, base, both)[0] - da - db)
+            random.append(damage(model, graph, eval_set, base, both, sites)[0] - da - db)
         random = np.array(random)
         p = float((1 + np.count_nonzero(np.abs(random) >= abs(interaction))) / (1 + n_random))
         out.append(PairLesion(i, j, joint, interaction, tuple(random.tolist()), p))

@@ -31,7 +31,8 @@ def _mean(values: tuple[float, ...]) -> float:
 
 @dataclass(frozen=True)
 class ModuleLesion:
-    """One module (the units of hidden layer ``layer`` in cluster ``cluster``) and its lesion test.
+    """One module (the units of hidden layer ``layer`` -- a group of a general graph -- in cluster
+    ``cluster``) and its lesion test.
 
     ``damage``: drop of the overall accuracy when ``units`` are silenced; ``class_damage``: drop per class,
     shape ``(n_classes,)``; ``random_damage``: the damage of each random same-size control, shape

@@ -3,7 +3,10 @@
 A module is the set of units of one hidden layer that fall in one cluster. Lesioning it (silencing its
 units, :func:`~modscope.lesion.silence.silenced`) changes the per-class accuracy; the control is
 ``n_random`` random sets of the same size drawn from the same layer. The damage of a lesion is the drop
-in overall accuracy. Per module:
+in overall accuracy. On a general graph (residual adds, concatenations: :mod:`modscope.graph.trace`) a
+"layer" is a group of the graph -- a weight layer's outputs, a residual stream (``residual="merge"``) or
+one layer's copy of it (``residual="filan"``) -- and the hidden ones are those read by a weight layer,
+inputs excepted (:func:`~modscope.lesion.silence.hidden_groups`). Per module:
 
 * ``p_important`` = (1 + #{random damage >= module damage}) / (1 + #controls): the module hurts more
   than chance;
@@ -32,9 +35,10 @@ from torch import Tensor, nn
 
 from modscope.cluster import Partition
 from modscope.graph import WeightGraph
+from modscope.graph.sites import UnitSites
 from modscope.lesion.controls import TESTED, control_sets, distinct_sets, verdict
 from modscope.lesion.results import LesionStudy, ModuleLesion
-from modscope.lesion.silence import silenced
+from modscope.lesion.silence import hidden_groups, silenced, sites_of
 from modscope.progress import Progress, notify
 from modscope.seeding import check_seed, numpy_rng
 
@@ -90,21 +94,29 @@ def check_eval_set(eval_set: Any) -> tuple[Tensor, Tensor]:
 
 
 def damage(
-    model: nn.Module, graph: WeightGraph, eval_set: tuple, base: np.ndarray, units: dict[int, np.ndarray]
+    model: nn.Module,
+    graph: WeightGraph,
+    eval_set: tuple,
+    base: np.ndarray,
+    units: dict[int, np.ndarray],
+    sites: UnitSites | None = None,
 ) -> tuple[float, np.ndarray]:
-    """(overall, per-class) accuracy drop from ``base`` while ``units`` (layer -> unit ids) are silenced."""
-    with silenced(model, graph, units):
+    """(overall, per-class) accuracy drop from ``base`` while ``units`` (layer -> unit ids) are silenced
+    (``sites``: :func:`~modscope.lesion.silence.sites_of` the model and graph)."""
+    with silenced(model, graph, units, sites=sites):
         acc = class_accuracy(model, eval_set, n_classes=len(base))
     return float(base.mean() - acc.mean()), base - acc
 
 
-def _modules(graph: WeightGraph, partition: Partition, min_units: int) -> list[tuple[int, int, np.ndarray]]:
+def _modules(
+    graph: WeightGraph, partition: Partition, min_units: int, hidden: list[int]
+) -> list[tuple[int, int, np.ndarray]]:
     labels = np.asarray(partition.labels)
     if labels.shape != (graph.n_nodes,):
         raise ValueError(f"partition has {labels.size} labels but the graph has {graph.n_nodes} nodes")
     off = graph.offsets
     found = []
-    for layer in range(1, len(graph.layers) - 1):
+    for layer in hidden:
         lab = labels[off[layer] : off[layer + 1]]
         for c in np.unique(lab[lab >= 0]):
             units = np.flatnonzero(lab == c)
@@ -125,12 +137,13 @@ def lesion_modules(
     seed: int = 0,
     progress: Progress | None = None,
 ) -> LesionStudy:
-    """Lesion every module (hidden layer x cluster with at least ``min_units`` units) of ``model``.
+    """Lesion every module (hidden layer or group x cluster with at least ``min_units`` units) of ``model``.
 
     Parameters
     ----------
     model : nn.Module
-        The network ``graph`` was built from (``WeightGraph.from_module(model)``, outputs included).
+        The network ``graph`` was built from (``WeightGraph.from_module(model)``, outputs included; for a
+        general graph, any ``residual`` rule: the model is traced once more to find each group's readers).
     graph, partition : the clustered graph (e.g. ``clusterability(...).partition``).
     eval_set : (inputs, labels) tensors; labels are class ids, shape ``(N,)``. Every lesion is one pass
         over it, and a study makes ``1 + modules * (1 + n_random)`` of them.
@@ -161,15 +174,16 @@ def lesion_modules(
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
     eval_set = check_eval_set(eval_set)
     base = class_accuracy(model, eval_set)
-    modules = _modules(graph, partition, min_units)
+    sites = sites_of(model, graph)
+    modules = _modules(graph, partition, min_units, hidden_groups(graph, sites))
     out: list[ModuleLesion] = []
     notify(progress, "modules", 0, len(modules), {"important": 0})
     for layer, cluster, units in modules:
-        hurt, per_class = damage(model, graph, eval_set, base, {layer: units})
+        hurt, per_class = damage(model, graph, eval_set, base, {layer: units}, sites)
         rng = numpy_rng(seed, "lesion", layer, cluster)
         size = graph.layers[layer].size
         controls = control_sets(size, units, n_random, rng)
-        random = np.array([damage(model, graph, eval_set, base, {layer: s})[0] for s in controls])
+        random = np.array([damage(model, graph, eval_set, base, {layer: s}, sites)[0] for s in controls])
         # exact up to the count at which 1 / count <= alpha: all verdict needs to know
         distinct = distinct_sets(size, units.size, cap=math.ceil(1 / alpha))
         p_imp, p_pru, label = verdict(hurt, random, distinct, alpha)

@@ -3,6 +3,13 @@
 Layers are columns of nodes from input (left) to output (right); within a column the nodes are sorted by
 cluster so that each cluster forms a band, coloured by cluster (grey for nodes without edges, label -1).
 Edges are straight lines whose opacity is their weight relative to the strongest edge of their layer.
+
+A general graph (residual adds, concatenations: :mod:`modscope.graph.trace`) is drawn the same way with
+one column per group, in the graph's order of groups: the order the forward pass creates them, a
+topological order of the blocks except where a merged residual stream (``residual="merge"``), created by
+its first writer, is written again by later layers (those blocks point left). A block between columns
+that are not neighbours is drawn across the columns between; a block within a group joins nodes of one
+column.
 """
 
 from __future__ import annotations
@@ -48,11 +55,13 @@ def edge_list(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The strongest non-zero edges, at most ``max_edges``, weakest first: ``(source, target, strength)``.
 
-    Sources and targets are global node indices; ``max_edges=None`` keeps every edge.
+    Sources and targets are global node indices (``source`` in the block's ``src`` group); ``max_edges=None``
+    keeps every edge.
 
-    ``relative_to="layer"`` (default): ``strength`` is the weight over the largest weight of its layer, and
-    the budget is shared equally between the gaps between columns (a gap with fewer edges than its share
-    keeps them all and passes the rest on), each keeping its strongest edges. Weights of different layers
+    ``relative_to="layer"`` (default): ``strength`` is the weight over the largest weight of its block (a
+    chain's layer), and the budget is shared equally between the blocks -- the gaps between the columns of
+    a chain -- (a block with fewer edges than its share keeps them all and passes the rest on), each
+    keeping its strongest edges. Weights of different layers
     live on different scales (conv kernel norms vs single dense weights, Glorot bounds that shrink with
     width), so any global ranking would spend the whole budget on one or two layers.
     ``relative_to="global"``: ``strength`` is the weight over the largest weight in the graph and the
@@ -60,15 +69,15 @@ def edge_list(
     """
     if relative_to not in ("layer", "global"):
         raise ValueError(f"relative_to must be 'layer' or 'global', got {relative_to!r}")
-    graph.require_layered("partition plots")
     off = graph.offsets
     top = max((float(b.max()) for b in graph.blocks if b.size), default=0.0)
     src, dst, w = [], [], []
-    for i, block in enumerate(graph.blocks):
+    for edge in graph.edges:
+        block = edge.block
         r, c = np.nonzero(block)
         scale = (block.max() if relative_to == "layer" else top) if r.size else 1.0
-        src.append(c + off[i])
-        dst.append(r + off[i + 1])
+        src.append(c + off[edge.src])
+        dst.append(r + off[edge.dst])
         w.append(block[r, c] / scale)
     if relative_to == "layer":
         quotas = _equal_shares([x.size for x in w], max_edges)
@@ -136,7 +145,8 @@ def plot_partition(
     Parameters
     ----------
     graph : WeightGraph
-        The graph that was clustered (``partition.labels`` has one label per node of it).
+        The graph that was clustered (``partition.labels`` has one label per node of it): a layered chain
+        or a general graph (one column per group, module docstring).
     partition : Partition
         A finished clustering (e.g. ``clusterability(...).partition``); nothing is recomputed.
     path : path, optional
@@ -149,9 +159,10 @@ def plot_partition(
     ax : matplotlib Axes, optional
         Draw into this axes instead of a new figure.
     edges_relative_to : {"layer", "global"}, default "layer"
-        ``"layer"``: the budget is shared equally by the gaps between columns, each drawing its strongest
-        edges, shaded relative to the strongest edge of the layer; ``"global"``: the ``max_edges``
-        strongest edges of the graph, shaded relative to the strongest of all (see :func:`edge_list`).
+        ``"layer"``: the budget is shared equally by the blocks (the gaps between a chain's columns), each
+        drawing its strongest edges, shaded relative to the strongest edge of the block; ``"global"``: the
+        ``max_edges`` strongest edges of the graph, shaded relative to the strongest of all
+        (see :func:`edge_list`).
 
     Returns
     -------
@@ -184,10 +195,11 @@ def plot_partition(
     pos = node_positions(graph, labels)
     s, d, w = edge_list(graph, max_edges, relative_to=edges_relative_to)
     rgba = np.zeros((w.size, 4))
-    # Opacity proportional to strength, with a ceiling that falls as more edges share a gap between
-    # columns, so that thousands of edges do not merge into a black slab.
-    gap = graph.node_layer[s]
-    per_gap = np.bincount(gap, minlength=len(graph.blocks))[gap] if w.size else np.zeros(0)
+    # Opacity proportional to strength, with a ceiling that falls as more edges join the same two columns,
+    # so that thousands of edges do not merge into a black slab.
+    columns = graph.node_layer[s] * len(graph.layers) + graph.node_layer[d]
+    _, which, counts = np.unique(columns, return_inverse=True, return_counts=True)
+    per_gap = counts[which]
     rgba[:, 3] = w * np.clip(150.0 / np.maximum(per_gap, 1), 0.03, 0.8)
     segments = np.stack([pos[s], pos[d]], axis=1) if w.size else np.zeros((0, 2, 2))
     ax.add_collection(LineCollection(segments, colors=rgba, linewidths=0.5, zorder=1))
