@@ -226,6 +226,23 @@ def test_clusterability_on_a_recurrent_graph_is_the_same_for_any_n_jobs():
     assert one.ncut == two.ncut < one.null_ncuts.min()
 
 
+def test_the_sparse_path_matches_scikit_learn_on_a_random_lstm_graph():
+    from sklearn.cluster import SpectralClustering
+
+    from modscope.cluster import ncut
+
+    torch.manual_seed(0)
+    g = WeightGraph.from_module(LSTMClassifier(16, 32, 48, 10))
+    assert not g.is_layered and g.n_nodes == 16 + 32 + 48 + 48 + 10
+    ours = [spectral_partition(g, k=6, seed=s).ncut for s in range(3)]
+    ref = [
+        ncut(g, SpectralClustering(6, affinity="precomputed", eigen_solver="arpack", n_init=25,
+                                   random_state=s).fit(g.adjacency()).labels_)
+        for s in range(3)
+    ]  # fmt: skip
+    assert np.mean(ours) <= np.mean(ref) + 0.01
+
+
 # ---------------------------------------------------------------------- refusals
 class _Reads(nn.Module):
     def __init__(self, how: str, **kw):
