@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from modscope.graph import GraphError, WeightGraph
+from modscope.graph import WeightGraph
 from modscope.models import (
     SpecError,
     build_model,
@@ -169,11 +169,14 @@ def test_lstm_classifier_shapes_and_repeated_input():
         assert torch.allclose(y, model.out(h[:, -1]), atol=1e-6)
 
 
-def test_lstm_weight_graph_refuses_naming_the_lstm():
+def test_lstm_weight_graph_has_a_group_per_lstm_layer():
     model = build_model("lstm-addmul")
-    for shape in (None, (42,)):
-        with pytest.raises(GraphError, match=r"'lstm' \(LSTM\)"):
-            WeightGraph.from_module(model, shape)
+    for shape in (None, (42,)):  # the pre-hook repeating the input is invisible to the graph
+        g = WeightGraph.from_module(model, shape)
+        assert [(x.name, x.size) for x in g.layers] == [
+            ("input", 42), ("lstm.l0", 256), ("lstm.l1", 256), ("out", 20)
+        ]
+        assert g.sources[:2] == ("lstm.weight_ih_l0", "lstm.weight_hh_l0") and g.sources[-1] == "out"
 
 
 def test_glorot_per_gate_and_zero_biases():

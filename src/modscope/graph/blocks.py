@@ -26,7 +26,10 @@ A weight layer with weight ``W`` gives the non-negative block ``B`` of shape ``(
   which. A LayerNorm over a feature map (several dimensions) has no per-channel scale and is refused;
 * ``ConvTranspose1d/2d/3d`` store their kernel as ``(in, out / groups, *k)``:
   ``B[j, i] = || K[i, j', ...] ||`` for output ``j = g(i) * out / groups + j'`` of input ``i``'s group,
-  0 across groups.
+  0 across groups;
+* ``LSTM`` / ``GRU`` / ``RNN`` weights (``kind="recurrent"``, ``param`` names the tensor): the
+  ``(G * out, in)`` weight of ``G`` stacked gates gives ``B[j, i] = || (W[g * out + j, i])_g ||``, the
+  ``channel_norm`` over the gates (rules and reasons in :mod:`modscope.graph.recurrent`).
 """
 
 from __future__ import annotations
@@ -71,11 +74,12 @@ class WeightLayer:
     Attributes:
         name: module path of the ``Linear``/``Conv`` module.
         module: the module itself (its ``weight`` is read when the block is computed).
-        kind: ``"linear"``, ``"conv"`` or ``"conv_transpose"``.
+        kind: ``"linear"``, ``"conv"``, ``"conv_transpose"`` or ``"recurrent"``.
         in_units, out_units: units (channels for a convolution) of the layer before and of this one.
         spatial: flattened positions per input channel (``P`` above; 1 unless a Linear follows a flatten).
         row_norms: norms (BatchNorm, LayerNorm, ...) folded into the rows, in the order they are applied.
         col_norms: norms folded into the columns (they normalize this layer's inputs).
+        param: the module's weight tensor (``"weight_ih_l0"``, ... for a recurrent layer).
     """
 
     name: str
@@ -86,6 +90,7 @@ class WeightLayer:
     spatial: int = 1
     row_norms: tuple[nn.Module, ...] = ()
     col_norms: tuple[nn.Module, ...] = ()
+    param: str = "weight"
 
 
 def _same(t: Tensor) -> Tensor:
@@ -134,8 +139,11 @@ def layer_block(
     A layer pruned with ``torch.nn.utils.prune`` contributes its masked weight.
     """
     check_channel_norm(channel_norm)
-    w = read(layer.module.weight)
-    if layer.kind == "linear":
+    w = read(getattr(layer.module, layer.param))
+    if layer.kind == "recurrent":  # rows are G stacked gates of out units: reduce over the gates
+        gates = w.reshape(-1, layer.out_units, layer.in_units)
+        block = reduce_kernel(gates.permute(1, 2, 0), channel_norm) if len(gates) > 1 else w.abs()
+    elif layer.kind == "linear":
         if layer.spatial == 1:
             block = w.abs()
         else:  # PyTorch flattens channel-major: feature c * spatial + s belongs to channel c
@@ -161,7 +169,9 @@ def expand_factor(layer: WeightLayer, factor: Tensor) -> Tensor:
     The inverse direction of :func:`layer_block`: every weight entry that ``B[j, i]`` summarizes (all spatial
     positions of channel ``i``, the whole kernel slice, the group's own inputs) gets ``factor[j, i]``.
     """
-    w = layer.module.weight
+    w = getattr(layer.module, layer.param)
+    if layer.kind == "recurrent":  # every gate's weight of the pair (j, i)
+        return factor.repeat(w.shape[0] // layer.out_units, 1)
     if layer.kind == "linear":
         return factor if layer.spatial == 1 else factor.repeat_interleave(layer.spatial, dim=1)
     groups = layer.module.groups

@@ -111,7 +111,8 @@ META_METHODS = {"size", "dim"}
 SUPPORTED = (
     "Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d, BatchNorm1d/2d/3d, LayerNorm/RMSNorm over features, "
     "GroupNorm, activations (ReLU, GELU, Tanh, Sigmoid, ...), Dropout, Identity, max/avg/adaptive pooling, "
-    "Flatten / torch.flatten / view / reshape, residual adds, torch.cat on channels"
+    "Flatten / torch.flatten / view / reshape, residual adds, torch.cat on channels, LSTM/GRU/RNN "
+    "(modscope.graph.recurrent)"
 )
 
 
@@ -128,10 +129,10 @@ def where(node: fx.Node, gm: fx.GraphModule) -> str:
 
 def check_flattens(
     gm: fx.GraphModule, input_shape: Sequence[int] | None, example_inputs: tuple | dict | None = None
-) -> None:
+) -> dict[fx.Node, tuple[int, ...]]:
     """Run the model once (on zeros of ``input_shape`` with a batch of 2, or on ``example_inputs``: a tuple
     of positional or a dict of keyword inputs) and check that each view/reshape/flatten gives
-    ``(batch, features)``."""
+    ``(batch, features)``; returns every tensor-valued node's output shape."""
     if input_shape is not None:
         shape = tuple(int(s) for s in input_shape)
         if not shape or any(s <= 0 for s in shape):
@@ -180,6 +181,7 @@ def check_flattens(
             raise GraphError(
                 f"{where(node, gm)} reshapes to {out}; only a flatten to (batch, features) is supported"
             )
+    return run.shapes
 
 
 class _Shapes(fx.Interpreter):

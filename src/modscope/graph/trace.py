@@ -1,12 +1,14 @@
 """Find the weight graph of a PyTorch model by tracing it with ``torch.fx``.
 
 Tracing (rather than reading ``nn.Sequential`` order) means a model written as a plain ``forward`` works,
-and anything that cannot be represented -- an LSTM, attention, a product of two activations -- is seen and
+and anything that cannot be represented -- attention, a product of two activations -- is seen and
 refused by name instead of being silently turned into a wrong graph.
 
 Units are nodes: the input features, and the outputs (channels for a convolution) of every weight layer;
 each weight layer joins the units it reads to the units it writes by its block
-(:mod:`modscope.graph.blocks`). Activations, pooling, dropout and flattens keep the units.
+(:mod:`modscope.graph.blocks`). Activations, pooling, dropout and flattens keep the units. An LSTM / GRU /
+RNN adds one group per layer with a recurrent self-block; its rules, and those for what may read its output
+tuple, are in :mod:`modscope.graph.recurrent`.
 
 **Residual add** (``a + b``, ``torch.add``, ``+=``, and ``-``): the sum's unit ``j`` carries unit ``j`` of
 both operands, added with weight 1 -- an identity, not a learned weight. So the two operands' units are
@@ -56,6 +58,7 @@ from modscope.graph.blocks import CONV_TRANSPOSE, NORMS, WEIGHTED, WeightLayer, 
 from modscope.graph.groups import Groups, Reads
 from modscope.graph.layer import GraphError, Layer
 from modscope.graph.ops import where
+from modscope.graph.recurrent import Recurrent
 
 RESIDUAL_RULES = ("merge", "filan")
 
@@ -111,6 +114,12 @@ def trace_chain(model: nn.Module, input_shape: Sequence[int] | None = None) -> l
     if not isinstance(model, nn.Module):
         raise GraphError(f"expected a torch.nn.Module, got {type(model).__name__}")
     traced = _trace(model, input_shape, None, "merge")
+    for w in traced.chain:
+        if w.kind == "recurrent":
+            raise GraphError(
+                f"module '{w.name[: -len(w.param) - 1]}' ({type(w.module).__name__}) is recurrent: the "
+                "clusterability penalty and init work on feed-forward chains only"
+            )
     g = traced.groups
     reads = traced.reads
     chain_like = all(
@@ -146,16 +155,18 @@ def _trace(
             "modscope needs a forward() without data-dependent control flow; "
             "for raw matrices use WeightGraph.from_weights"
         ) from exc
+    shapes = {}
     if input_shape is not None:
-        ops.check_flattens(gm, input_shape)
+        shapes = ops.check_flattens(gm, input_shape)
     elif example_inputs is not None:
-        ops.check_flattens(gm, None, example_inputs)
+        shapes = ops.check_flattens(gm, None, example_inputs)
 
     groups = Groups()
     chain: list[WeightLayer] = []
     reads: list[Reads] = []
     joins: list[str] = []
     state: dict[fx.Node, Units] = {}
+    recurrent = Recurrent(gm, groups, chain, reads, shapes)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder" and n.users]
     if not placeholders:
         raise GraphError("the model's forward takes no tensor input")
@@ -214,7 +225,10 @@ def _trace(
 
     output: int | None = None
     for node in gm.graph.nodes:
-        if node.op == "placeholder":
+        value = recurrent.step(node, state)  # recurrent modules, their tuples and sequences
+        if value is not None:
+            state[node] = value
+        elif node.op == "placeholder":
             if node.users:
                 name = "input" if len(placeholders) == 1 else f"input:{node.target}"
                 state[node] = Units((groups.new(name, -1, "input"),), None)

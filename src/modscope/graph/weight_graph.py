@@ -165,8 +165,9 @@ class WeightGraph:
         Raises
         ------
         GraphError
-            For a module or operation that cannot be represented (LSTM, attention, a product of two
-            activations, ...) -- naming its path and type -- and for non-finite weights.
+            For a module or operation that cannot be represented (attention, a product of two
+            activations, ...) -- naming its path and type -- and for non-finite weights. LSTM / GRU / RNN
+            layers are groups of hidden units with recurrent self-blocks (:mod:`modscope.graph.recurrent`).
         """
         from modscope.graph.trace import trace_layers
 
