@@ -133,6 +133,13 @@ def _targets(
         if site.calls > 1:
             raise _shared(site.module, layer, graph, site.calls)
         if site.module not in modules:
+            owner = modules.get(site.module.rsplit(".", 1)[0])
+            if isinstance(owner, nn.RNNBase):  # a hook cannot reach a unit read inside the recurrence
+                raise GraphError(
+                    f"group '{graph.layers[layer].name}' is read by the recurrent layer "
+                    f"'{site.module.rsplit('.', 1)[0]}' ({type(owner).__name__}); lesions cannot silence "
+                    "units read inside a recurrent layer yet"
+                )
             raise GraphError(f"'{site.module}' is not a module of {type(model).__name__}")
         dim, features = _feature_index(modules[site.module], site.spatial, idx + site.offset)
         out.append((modules[site.module], features, dim))
