@@ -408,8 +408,8 @@ def test_addmul_refuses_another_config_in_the_same_folder(addmul_run):
         ({"hidden": "16x2,16x2"}, "lists a width twice"),
         ({"lstm_hidden": "8-8"}, "lstm_hidden must be layer sizes"),
         ({"networks": 0}, "networks must be an int >= 1"),
-        ({"beta": -1e-4}, "beta must be a finite number >= 0"),
-        ({"mask_lr": 0.0}, "mask_lr must be a finite number > 0"),
+        ({"beta": -1e-4}, "beta must be a non-negative finite number"),
+        ({"mask_lr": 0.0}, "mask_lr must be a positive finite number"),
         ({"mask_batch": 2}, r"mask_batch \(2\) must be at least samples \(4\)"),
         ({"protocol": "mine"}, "protocol must be one of"),
         ({"heldout": 0.1}, "protocol 'authors' trains and evaluates on every input"),
@@ -417,7 +417,7 @@ def test_addmul_refuses_another_config_in_the_same_folder(addmul_run):
         ({"protocol": "heldout", "heldout": 1.0}, r"heldout must be a share of the pairs in \[0, 1\)"),
         ({"reference": "none"}, "reference must be one of"),
         ({"init": "he"}, "init must be one of"),
-        ({"clip": -1.0}, "clip must be a finite number >= 0"),
+        ({"clip": -1.0}, "clip must be a non-negative finite number"),
     ],
 )
 def test_addmul_rejects_bad_config(tmp_path, override, message):

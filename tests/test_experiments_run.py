@@ -152,7 +152,7 @@ def test_config_overrides_are_checked():
         ("demo", {"k": 1}, "k must be an int >= 2"),
         ("demo", {"hidden": "12xx"}, "hidden must be layer sizes"),
         ("demo", {"seed": -1}, "seed must be an int >= 0"),
-        ("demo", {"beta": -1.0}, "beta must be a finite number >= 0"),
+        ("demo", {"beta": -1.0}, "beta must be a non-negative finite number"),
         ("clusterability", {"shuffles": 1}, "shuffles must be an int >= 2"),
         ("lesions", {"n_random": 0}, "n_random must be an int >= 1"),
         ("addmul", {"mask_batch": 2}, "mask_batch (2) must be at least samples"),

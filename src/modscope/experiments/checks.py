@@ -10,6 +10,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from modscope.checks import check_real
+
 __all__ = [
     "NUMBER", "check_choice", "check_fields", "check_fraction", "check_int", "check_n_jobs", "check_number",
     "check_sizes",
@@ -28,12 +30,8 @@ def check_int(config: Mapping[str, Any], key: str, low: int) -> int:
 
 
 def check_number(config: Mapping[str, Any], key: str, *, positive: bool) -> float:
-    """``config[key]`` as a finite float, > 0 (``positive``) or >= 0."""
-    v = config[key]
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    if not ok or v < 0 or (positive and v == 0):
-        raise ValueError(f"{key} must be a finite number {'> 0' if positive else '>= 0'}, got {v!r}")
-    return float(v)
+    """``config[key]`` as a finite float, > 0 (``positive``) or >= 0 (:func:`modscope.checks.check_real`)."""
+    return check_real(config[key], key, positive=positive)
 
 
 def check_fraction(config: Mapping[str, Any], key: str, *, high_open: bool = True) -> float:
