@@ -1,7 +1,7 @@
 """Spectral clustering of weight graphs, n-cut, and the shuffle test (SPEC §1.2-1.3)."""
 
 from modscope.cluster.affinity import Affinity
-from modscope.cluster.clusterability import clusterability, null_graphs, worker_count
+from modscope.cluster.clusterability import check_n_jobs, clusterability, null_graphs, worker_count
 from modscope.cluster.ncut import ncut
 from modscope.cluster.partition import Partition
 from modscope.cluster.result import ClusterabilityResult, cohens_d, null_summary, shuffle_seed
@@ -12,6 +12,7 @@ __all__ = [
     "Affinity",
     "ClusterabilityResult",
     "Partition",
+    "check_n_jobs",
     "clusterability",
     "cohens_d",
     "ncut",

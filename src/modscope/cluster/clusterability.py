@@ -16,9 +16,7 @@ from joblib import Parallel, delayed
 from threadpoolctl import threadpool_limits
 
 from modscope.cluster.affinity import as_affinity
-from modscope.cluster.layered_affinity import LayeredAffinity
 from modscope.cluster.result import ClusterabilityResult, null_summary, shuffle_seed
-from modscope.cluster.sparse_affinity import SparseAffinity
 from modscope.cluster.spectral import N_INIT, PATIENCE, check_k, check_restarts, partition_affinity
 from modscope.graph import WeightGraph
 from modscope.graph.shuffle import check_shuffle, shuffle_graph_blocks
@@ -34,11 +32,17 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def check_n_jobs(n_jobs: Any, name: str = "n_jobs") -> int:
+    """``n_jobs`` as an int if it is a positive int or ``-1`` (one worker per CPU), else a ValueError."""
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs == 0 or n_jobs < -1:
+        raise ValueError(f"{name} must be a positive int or -1 (one worker per CPU), got {n_jobs!r}")
+    return int(n_jobs)
+
+
 def worker_count(n_jobs: Any, n_tasks: int) -> int:
     """Worker processes for ``n_tasks`` tasks: ``n_jobs`` (``-1`` = one per CPU), capped at the available
     CPUs and at ``n_tasks`` -- more processes than either only cost memory (each holds the graph)."""
-    if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs == 0 or n_jobs < -1:
-        raise ValueError(f"n_jobs must be a positive int or -1 (one worker per CPU), got {n_jobs!r}")
+    n_jobs = check_n_jobs(n_jobs)
     cpus = available_cpus()
     return max(1, min(cpus if n_jobs == -1 else int(n_jobs), cpus, n_tasks))
 
@@ -60,13 +64,8 @@ def null_graphs(graph: WeightGraph, *, n_shuffles: int = 50, shuffle: str = "lay
 
 
 def _one_shuffle(graph: WeightGraph, k: int, shuffle: str, settings: dict, seed: int) -> tuple[float, int]:
-    shuffled = _shuffled(graph, shuffle, seed)
-    aff = (
-        LayeredAffinity(shuffled)
-        if graph.is_layered
-        else SparseAffinity(graph.with_blocks(shuffled).adjacency())
-    )
-    p = partition_affinity(aff, k, seed=seed, **settings)
+    shuffled = graph.with_blocks(_shuffled(graph, shuffle, seed))
+    p = partition_affinity(as_affinity(shuffled), k, seed=seed, **settings)
     return p.ncut, p.n_restarts
 
 

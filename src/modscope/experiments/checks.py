@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from modscope.checks import check_real
+from modscope.cluster import check_n_jobs as check_n_jobs_value
 
 __all__ = [
     "NUMBER", "check_choice", "check_fields", "check_fraction", "check_int", "check_n_jobs", "check_number",
@@ -51,11 +52,8 @@ def check_choice(config: Mapping[str, Any], key: str, choices: Sequence[str]) ->
 
 
 def check_n_jobs(config: Mapping[str, Any], key: str = "n_jobs") -> int:
-    """A worker count: a positive int, or -1 for one worker per CPU."""
-    v = config[key]
-    if isinstance(v, bool) or not isinstance(v, int) or not (v >= 1 or v == -1):
-        raise ValueError(f"{key} must be a positive int or -1 (one worker per CPU), got {v!r}")
-    return v
+    """A worker count: a positive int, or -1 for one per CPU (:func:`modscope.cluster.check_n_jobs`)."""
+    return check_n_jobs_value(config[key], key)
 
 
 def check_sizes(config: Mapping[str, Any], key: str, template: str, pattern: str, example: str) -> str:
