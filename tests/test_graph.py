@@ -254,8 +254,9 @@ def test_unsupported_modules_are_named():
     attn = nn.Sequential(nn.Linear(4, 4), nn.MultiheadAttention(4, 2))
     with pytest.raises(GraphError, match=r"'1' \(MultiheadAttention\)"):
         WeightGraph.from_module(attn)
-    with pytest.raises(GraphError, match=r"'0' \(Embedding\)"):
-        WeightGraph.from_module(nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 2)))
+    with pytest.raises(GraphError, match=r"'1' \(Flatten\) flattens a sequence"):  # positions into features
+        WeightGraph.from_module(nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(12, 2)),
+                                example_inputs=(torch.zeros(2, 3, dtype=torch.long),))  # fmt: skip
     with pytest.raises(GraphError, match="no weight layers"):
         WeightGraph.from_module(nn.Sequential(nn.ReLU()))
     with pytest.raises(GraphError, match=r"torch\.nn\.Module"):

@@ -311,11 +311,17 @@ def test_minilm_folder_loads_offline(minilm, monkeypatch):
     assert model.encoder.layer[5].attention.self.query.weight.abs().sum() > 0  # pretrained, not empty
 
 
-def test_minilm_cluster_gives_a_one_line_error(minilm, capsys):
-    assert main(["cluster", minilm, *FAST]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("modscope: error:") and "BertModel" in err
-    assert "Traceback" not in err and len(err.splitlines()) == 1
+def test_minilm_is_clustered_from_the_command_line(minilm, tmp_path, capsys):
+    out = tmp_path / "minilm.json"
+    args = ["cluster", minilm, "--no-inputs", "--k", "3", "--shuffles", "2", "--n-init", "1", "--no-progress"]
+    assert main([*args, "--json", str(out)]) == 0
+    assert "(Hugging Face bert, BertModel)" in capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    assert doc["model"]["token_inputs"] == [1, 8] and doc["settings"]["input_shape"] is None
+    names = [layer["name"] for layer in doc["graph"]["layers"]]
+    # 6 layers x (query, key, value, intermediate) and the residual stream, 384 wide
+    assert len(names) == 25 and names[0] == "encoder.layer.0.attention.self.query"
+    assert doc["graph"]["n_nodes"] == 6 * (3 * 384 + 1536) + 384
 
 
 def test_folder_without_config_is_named(tmp_path):

@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     from modscope.cli import check_output
     from modscope.cluster import clusterability, worker_count
     from modscope.graph import WeightGraph
-    from modscope.models import load_any, parse_factory_args
+    from modscope.models import example_inputs, load_any, parse_factory_args
     from modscope.seeding import check_seed
 
     check_output(args.json, name="--json")
@@ -163,8 +163,9 @@ def run(args: argparse.Namespace) -> int:
     factory_args = parse_factory_args(args.factory_arg)
     model, described = load_any(args.model, arch=args.arch, seed=args.init_seed, factory_args=factory_args)
     input_shape = args.input_shape or described["input_shape"]
+    example = None if input_shape is not None else example_inputs(described)
     graph = WeightGraph.from_module(
-        model, input_shape, channel_norm=args.channel_norm,
+        model, input_shape, example_inputs=example, channel_norm=args.channel_norm,
         include_inputs=not args.no_inputs, include_outputs=not args.no_outputs,
     )  # fmt: skip
     print(f"model       {described['label']}")

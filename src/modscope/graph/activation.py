@@ -24,6 +24,7 @@ class Units:
     flat: bool = False  # channels flattened into one feature vector (channel-major)
     producer: int | None = None  # weight layer whose rows a norm here scales (nothing but identities since)
     col_norms: tuple[nn.Module, ...] = ()  # norms after a nonlinearity: scale the next layers' columns
+    joined: bool = False  # the result of an add or cat, nothing but identities and norms since
 
 
 def norm_units(node: fx.Node, module: nn.Module, units: Units, gm: fx.GraphModule) -> int:

@@ -27,6 +27,9 @@ A weight layer with weight ``W`` gives the non-negative block ``B`` of shape ``(
 * ``ConvTranspose1d/2d/3d`` store their kernel as ``(in, out / groups, *k)``:
   ``B[j, i] = || K[i, j', ...] ||`` for output ``j = g(i) * out / groups + j'`` of input ``i``'s group,
   0 across groups;
+* ``Embedding`` (``kind="embedding"``): the ``(num_embeddings, d)`` table gives ``B = |W|^T``, from the
+  indices (input units) to the ``d`` features (:mod:`modscope.graph.attention`); an attention module's
+  packed ``in_proj_weight`` gives one ``Linear`` block per projection, its rows ``rows``;
 * ``LSTM`` / ``GRU`` / ``RNN`` weights (``kind="recurrent"``, ``param`` names the tensor): the
   ``(G * out, in)`` weight of ``G`` stacked gates gives ``B[j, i] = || (W[g * out + j, i])_g ||``, the
   ``channel_norm`` over the gates (rules and reasons in :mod:`modscope.graph.recurrent`).
@@ -74,12 +77,13 @@ class WeightLayer:
     Attributes:
         name: module path of the ``Linear``/``Conv`` module.
         module: the module itself (its ``weight`` is read when the block is computed).
-        kind: ``"linear"``, ``"conv"``, ``"conv_transpose"`` or ``"recurrent"``.
+        kind: ``"linear"``, ``"conv"``, ``"conv_transpose"``, ``"embedding"`` or ``"recurrent"``.
         in_units, out_units: units (channels for a convolution) of the layer before and of this one.
         spatial: flattened positions per input channel (``P`` above; 1 unless a Linear follows a flatten).
         row_norms: norms (BatchNorm, LayerNorm, ...) folded into the rows, in the order they are applied.
         col_norms: norms folded into the columns (they normalize this layer's inputs).
         param: the module's weight tensor (``"weight_ih_l0"``, ... for a recurrent layer).
+        rows: ``(start, stop)``: the block is these rows of ``param`` (a packed attention projection).
     """
 
     name: str
@@ -91,6 +95,7 @@ class WeightLayer:
     row_norms: tuple[nn.Module, ...] = ()
     col_norms: tuple[nn.Module, ...] = ()
     param: str = "weight"
+    rows: tuple[int, int] | None = None
 
 
 def _same(t: Tensor) -> Tensor:
@@ -140,7 +145,11 @@ def layer_block(
     """
     check_channel_norm(channel_norm)
     w = read(getattr(layer.module, layer.param))
-    if layer.kind == "recurrent":  # rows are G stacked gates of out units: reduce over the gates
+    if layer.rows is not None:
+        w = w[layer.rows[0] : layer.rows[1]]
+    if layer.kind == "embedding":
+        block = w.abs().T
+    elif layer.kind == "recurrent":  # rows are G stacked gates of out units: reduce over the gates
         gates = w.reshape(-1, layer.out_units, layer.in_units)
         block = reduce_kernel(gates.permute(1, 2, 0), channel_norm) if len(gates) > 1 else w.abs()
     elif layer.kind == "linear":

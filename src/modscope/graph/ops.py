@@ -112,7 +112,8 @@ SUPPORTED = (
     "Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d, BatchNorm1d/2d/3d, LayerNorm/RMSNorm over features, "
     "GroupNorm, activations (ReLU, GELU, Tanh, Sigmoid, ...), Dropout, Identity, max/avg/adaptive pooling, "
     "Flatten / torch.flatten / view / reshape, residual adds, torch.cat on channels, LSTM/GRU/RNN "
-    "(modscope.graph.recurrent)"
+    "(modscope.graph.recurrent), MultiheadAttention, TransformerEncoder(Layer), BERT-layout Hugging Face "
+    "encoders, Embedding (modscope.graph.attention)"
 )
 
 

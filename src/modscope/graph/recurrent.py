@@ -262,7 +262,8 @@ class Recurrent:
     def _done(self, node: fx.Node, units: Units, dims: tuple[str, ...]) -> Units:
         if "t" in dims:
             self.seqs[node] = dims
-        return replace(units, producer=None)  # a norm before it still scales the next layer's columns
+        # a norm before it still scales the next layer's columns
+        return replace(units, producer=None, joined=False)
 
 
 def _arg(node: fx.Node, position: int, name: str, default: object = None) -> object:

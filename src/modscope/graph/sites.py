@@ -14,7 +14,11 @@ kind and size, so a graph needs to carry nothing but its groups. A unit lives, f
   after each add; unlike zeroing after the adds it also holds when an activation that does not map 0 to 0
   lies between the stream and a reader;
 * a copy of a stream (``residual="filan"``): the copy read by one layer, so that layer's input alone;
-* a group read through a concatenation: the features at its offset in the concatenated input.
+* a group read through a concatenation: the features at its offset in the concatenated input;
+* a group read inside one ``nn.MultiheadAttention`` call (the stream its projections read, the values its
+  ``out_proj`` reads), where no hook can reach: the weight columns that read it (``edit="columns"``);
+* queries and keys (read by the attention pattern only, :mod:`modscope.graph.attention`): at their source,
+  the projection's weight rows and bias entries (``edit="rows"``), so the unit is 0 at every position.
 
 The input groups are read by the first layers (lesions leave them out, like the chain's input) and the
 output group by nothing (it has no site).
@@ -41,13 +45,23 @@ class Site:
     module ``module`` (its input units in the order it reads them: the groups of a concatenation one
     after another; channels of a convolution, features of a Linear). ``spatial``: input features per unit
     when a Linear reads a flattened feature map (channel-major), else 1; ``calls``: how many times
-    ``forward`` calls the module (a hook on a module called more than once cannot tell the calls apart)."""
+    ``forward`` calls the module (a hook on a module called more than once cannot tell the calls apart).
+
+    ``edit``: ``"input"`` (the input features, by a forward pre-hook); ``"columns"``: instead, columns
+    ``offset ..`` of the weight ``param`` (its rows ``rows``, all when ``None``) are zeroed; ``"rows"``: the
+    units are outputs, rows ``offset ..`` of ``param`` and entries ``bias_offset ..`` of ``bias`` are
+    zeroed (``bias`` empty or absent: no bias)."""
 
     module: str
     offset: int
     size: int
     spatial: int = 1
     calls: int = 1
+    edit: str = "input"
+    param: str = "weight"
+    rows: tuple[int, int] | None = None
+    bias: str = ""
+    bias_offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -90,9 +104,19 @@ def unit_sites(model: nn.Module, graph: WeightGraph) -> UnitSites:
             for g in r.inputs:
                 size = traced.groups.size(g)
                 j = root_index.get(traced.groups.find(g))
-                if j is not None:
+                if j is not None and r.layer in traced.unhooked:
+                    site = Site(traced.unhooked[r.layer], offset, size, edit="columns", param=layer.param,
+                                rows=layer.rows)  # fmt: skip
+                    found[j].append(site)
+                elif j is not None:
                     found[j].append(Site(layer.name, offset, size, layer.spatial, calls[layer.name]))
                 offset += size
+        for e in traced.ends:
+            j = root_index.get(traced.groups.find(e.group))
+            if j is not None:
+                size = traced.groups.size(e.group)
+                found[j].append(Site(e.module, e.first, size, edit="rows", param=e.param, bias=e.bias,
+                                     bias_offset=e.bias_first))  # fmt: skip
         return UnitSites(rule, tuple(tuple(s) for s in found))
     names = [layer.name for layer in graph.layers]
     raise GraphError(

@@ -8,7 +8,11 @@ Units are nodes: the input features, and the outputs (channels for a convolution
 each weight layer joins the units it reads to the units it writes by its block
 (:mod:`modscope.graph.blocks`). Activations, pooling, dropout and flattens keep the units. An LSTM / GRU /
 RNN adds one group per layer with a recurrent self-block; its rules, and those for what may read its output
-tuple, are in :mod:`modscope.graph.recurrent`.
+tuple, are in :mod:`modscope.graph.recurrent`. Attention (``nn.MultiheadAttention``, transformer encoders,
+BERT-layout Hugging Face encoders), ``nn.Embedding`` and token sequences follow
+:mod:`modscope.graph.attention`; the modules ``torch.fx`` cannot trace are first replaced by the traceable
+views of :mod:`modscope.graph.views`. Nodes computed from no activation (``torch.arange(n)`` from a size)
+are constants, not units.
 
 **Residual add** (``a + b``, ``torch.add``, ``+=``, and ``-``): the sum's unit ``j`` carries unit ``j`` of
 both operands, added with weight 1 -- an identity, not a learned weight. So the two operands' units are
@@ -39,12 +43,17 @@ directly. Each copy is its own ``source``, so it is shuffled on its own, as they
 from their code remain on purpose: norms fold by this package's rule (:mod:`modscope.graph.blocks`; they
 multiplied every BatchNorm into the weights before it, even across a nonlinearity), and the input and
 head are kept (``include_inputs`` / ``include_outputs``). Without adds the two rules give the same graph.
-``"filan"`` is the default, as the paper's; ``"merge"`` represents each unit once (a lesion silences a
-stream dimension, not one of its copies) and never counts a weight twice.
+``"merge"`` represents each unit once (a lesion silences a stream dimension, not one of its copies) and
+never counts a weight twice. The default, ``"auto"``, is the papers' choice for each kind of network:
+``"filan"`` (Filan et al.'s, for ResNets), and ``"merge"`` for a model with attention, where every layer
+reads from and writes to one residual stream (Elhage et al., "A Mathematical Framework for Transformer
+Circuits", 2021) and the copies would grow with the square of the depth (MiniLM, 6 layers: about 5x the
+edges).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -54,11 +63,13 @@ from torch import fx, nn
 
 from modscope.graph import ops
 from modscope.graph.activation import Units, cat, fix_input, flatten, layer_inputs, norm_units
+from modscope.graph.attention import Attention, Ends
 from modscope.graph.blocks import CONV_TRANSPOSE, NORMS, WEIGHTED, WeightLayer, layer_block
 from modscope.graph.groups import Groups, Reads
 from modscope.graph.layer import GraphError, Layer
 from modscope.graph.ops import where
 from modscope.graph.recurrent import Recurrent
+from modscope.graph.views import has_attention, traceable
 
 RESIDUAL_RULES = ("merge", "filan")
 
@@ -73,15 +84,23 @@ def trace_layers(
     channel_norm: str,
     *,
     example_inputs: tuple | dict | None = None,
-    residual: str = "filan",
+    residual: str = "auto",
 ) -> tuple[list[Layer], list[tuple[int, int, np.ndarray]], list[str]]:
     """Groups, float64 ``(src, dst, (out, in) block)`` edges and their weight layers, for WeightGraph."""
     _check_model(model)
-    if residual not in RESIDUAL_RULES:
-        raise ValueError(f"residual must be one of {RESIDUAL_RULES}, got {residual!r}")
+    residual = resolve_residual(model, residual)
     traced = _trace(model, input_shape, example_inputs, residual)
     blocks = [layer_block(w, channel_norm=channel_norm, read=_float64).numpy() for w in traced.chain]
     return traced.groups.assemble(traced.reads, blocks, [w.name for w in traced.chain], traced.output)
+
+
+def resolve_residual(model: nn.Module, residual: str) -> str:
+    """The rule ``residual`` names: ``"auto"`` is ``"merge"`` for a model with attention, else ``"filan"``."""
+    if residual == "auto":
+        return "merge" if has_attention(model) else "filan"
+    if residual not in RESIDUAL_RULES:
+        raise ValueError(f"residual must be one of {('auto', *RESIDUAL_RULES)}, got {residual!r}")
+    return residual
 
 
 def _check_model(model: nn.Module) -> None:
@@ -142,13 +161,17 @@ class _Traced:
     reads: list[Reads]
     output: int
     joins: list[str]  # where activations are added or concatenated, for messages
+    ends: list[Ends]  # groups read by an attention pattern only (queries, keys)
+    unhooked: dict[int, str]  # chain layer -> module whose weight columns silence its inputs
 
 
 def _trace(
     model: nn.Module, input_shape: Sequence[int] | None, example_inputs: tuple | dict | None, residual: str
 ) -> _Traced:
     try:
-        gm = fx.symbolic_trace(model)
+        gm = _symbolic_trace(traceable(model), example_inputs)
+    except GraphError:
+        raise
     except Exception as exc:  # fx raises many types; the user needs the reason and the way out
         raise GraphError(
             f"could not trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {exc}). "
@@ -167,6 +190,7 @@ def _trace(
     joins: list[str] = []
     state: dict[fx.Node, Units] = {}
     recurrent = Recurrent(gm, groups, chain, reads, shapes)
+    attention = Attention(gm, groups, chain, reads, shapes)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder" and n.users]
     if not placeholders:
         raise GraphError("the model's forward takes no tensor input")
@@ -213,7 +237,10 @@ def _trace(
     def join(node: fx.Node, tensors: list[fx.Node]) -> Units:
         joins.append(where(node, gm))
         parts = [state[t] for t in tensors]
-        if any(p.col_norms for p in parts) and len({p.col_norms for p in parts}) > 1:
+        # A norm over a merged stream (a post-norm transformer's norm(x + f(x))) scales values that reach
+        # the next add through the identity skip, which has no edge to scale: it leaves the sum unscaled.
+        scaled = [p for p in parts if not (residual == "merge" and p.joined and p.col_norms)]
+        if any(p.col_norms for p in scaled) and len({p.col_norms for p in scaled}) > 1:
             raise GraphError(
                 f"{where(node, gm)} joins activations normalized differently after a nonlinearity; "
                 "a norm on one branch only cannot be folded into shared units"
@@ -221,13 +248,20 @@ def _trace(
         if any(p.flat for p in parts):
             raise GraphError(f"{where(node, gm)} joins flattened feature maps; not supported")
         channels = next((p.channels for p in parts if p.channels is not None), None)
-        return Units((), channels, col_norms=parts[0].col_norms)
+        return Units((), channels, col_norms=scaled[0].col_norms if scaled else (), joined=True)
 
     output: int | None = None
     for node in gm.graph.nodes:
         value = recurrent.step(node, state)  # recurrent modules, their tuples and sequences
+        if value is None:
+            value = attention.step(node, state)  # attention, embeddings, token sequences
+        constant = node.op in ("call_function", "call_method") and not any(
+            a in state for a in node.all_input_nodes
+        )
         if value is not None:
             state[node] = value
+        elif constant:
+            continue
         elif node.op == "placeholder":
             if node.users:
                 name = "input" if len(placeholders) == 1 else f"input:{node.target}"
@@ -265,7 +299,7 @@ def _trace(
             elif isinstance(module, ops.IDENTITY_MODULES):
                 state[node] = units
             elif isinstance(module, ops.PASS_MODULES):
-                state[node] = replace(units, producer=None)
+                state[node] = replace(units, producer=None, joined=False)
             elif isinstance(module, nn.Flatten):
                 state[node] = flatten(units)
             else:
@@ -291,7 +325,7 @@ def _trace(
                 if t in ops.IDENTITY_FUNCTIONS or t in ops.IDENTITY_METHODS:
                     state[node] = units
                 elif t in ops.PASS_FUNCTIONS or t in ops.PASS_METHODS:
-                    state[node] = replace(units, producer=None)
+                    state[node] = replace(units, producer=None, joined=False)
                 elif t in ops.FLATTEN_FUNCTIONS or t in ops.FLATTEN_METHODS:
                     state[node] = flatten(units)
                 else:
@@ -300,4 +334,29 @@ def _trace(
         raise GraphError(f"{type(model).__name__} has no weight layers ({ops.SUPPORTED})")
     if all(groups.find(output) != groups.find(r.output) for r in reads + groups.copies):
         raise GraphError("the model's output is not produced by a weight layer")
-    return _Traced(groups, chain, reads, output, joins)
+    return _Traced(groups, chain, reads, output, joins, attention.ends, attention.unhooked)
+
+
+def _symbolic_trace(model: nn.Module, example_inputs: tuple | dict | None) -> fx.GraphModule:
+    """``torch.fx`` trace of ``model`` with every ``forward`` argument the example inputs leave out fixed
+    to its default (an optional ``attention_mask=None`` is then not a traced input)."""
+    given: set[str] | None = None
+    params = list(inspect.signature(model.forward).parameters.values())
+    if isinstance(example_inputs, dict):
+        given = set(example_inputs)
+    elif isinstance(example_inputs, tuple):
+        given = {p.name for p in params[: len(example_inputs)]}
+    concrete = {}
+    if given is not None:
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        concrete = {
+            p.name: p.default
+            for p in params
+            if p.name not in given and p.kind in kinds and p.default is not inspect.Parameter.empty
+        }
+    graph = fx.Tracer().trace(model, concrete_args=concrete or None)
+    for node in list(graph.nodes):  # fx's checks that a fixed argument keeps its value
+        if node.op == "call_function" and getattr(node.target, "__name__", "") == "_assert_is_none":
+            graph.erase_node(node)
+    name = model.__class__.__name__ if isinstance(model, nn.Module) else "Traced"
+    return fx.GraphModule(model, graph, class_name=name)

@@ -121,7 +121,7 @@ class WeightGraph:
         *,
         example_inputs: tuple | dict | None = None,
         channel_norm: str = "l1",
-        residual: str = "filan",
+        residual: str = "auto",
         include_inputs: bool = True,
         include_outputs: bool = True,
     ) -> WeightGraph:
@@ -143,7 +143,10 @@ class WeightGraph:
         ----------
         model : nn.Module
             Anything ``torch.fx.symbolic_trace`` can trace, returning one tensor; each tensor input is a
-            group of input units (``"input"``, or ``"input:NAME"`` for several).
+            group of input units (``"input"``, or ``"input:NAME"`` for several). Also
+            ``nn.TransformerEncoder(Layer)`` inside a model and a BERT-layout Hugging Face encoder
+            (``BertModel``, ... with ``example_inputs={"input_ids": ...}``), through the views of
+            :mod:`modscope.graph.views`; attention and embeddings follow :mod:`modscope.graph.attention`.
         input_shape : sequence of int, optional
             Shape of one example, without the batch dimension, e.g. ``(1, 28, 28)``. When given, the model
             is run once on zeros to check that every flatten really flattens; without it, a
@@ -153,21 +156,23 @@ class WeightGraph:
             keyword inputs, batch dimension included (for several inputs or inputs of several shapes).
         channel_norm : {"l1", "l2"}
             Norm of a conv kernel slice (``"l1"``: sum of ``|K|``, the default; ``"l2"``: Frobenius).
-        residual : {"filan", "merge"}
-            How a residual add is represented (:mod:`modscope.graph.trace`). ``"filan"`` (default, what
-            Filan et al.'s code did for ResNet-50): each layer reading a sum has its own copy of the units,
-            joined by a copy of the block of every layer written into the sum (each copy shuffled on its
-            own). ``"merge"``: the two operands' units are the same nodes, one group per residual stream,
-            no weight copied (each unit appears once). The same graph on a network without adds.
+        residual : {"auto", "filan", "merge"}
+            How a residual add is represented (:mod:`modscope.graph.trace`). ``"filan"`` (what Filan et
+            al.'s code did for ResNet-50): each layer reading a sum has its own copy of the units, joined
+            by a copy of the block of every layer written into the sum (each copy shuffled on its own).
+            ``"merge"``: the two operands' units are the same nodes, one group per residual stream, no
+            weight copied (each unit appears once). ``"auto"`` (default): ``"merge"`` for a model with
+            attention (one residual stream, as transformer circuits are read), ``"filan"`` otherwise. The
+            same graph on a network without adds.
         include_inputs, include_outputs : bool
             Keep the input-feature nodes and the output-unit nodes (default: both, as in the papers).
 
         Raises
         ------
         GraphError
-            For a module or operation that cannot be represented (attention, a product of two
-            activations, ...) -- naming its path and type -- and for non-finite weights. LSTM / GRU / RNN
-            layers are groups of hidden units with recurrent self-blocks (:mod:`modscope.graph.recurrent`).
+            For a module or operation that cannot be represented (a product of two activations, ...) --
+            naming its path and type -- and for non-finite weights. LSTM / GRU / RNN layers are groups of
+            hidden units with recurrent self-blocks (:mod:`modscope.graph.recurrent`).
         """
         from modscope.graph.trace import trace_layers
 

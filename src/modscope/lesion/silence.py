@@ -11,7 +11,11 @@ weight layer ``layers[l + 1].name``. On a general graph (residual adds, concaten
 group are found by tracing the model (:func:`modscope.graph.sites.unit_sites`): every layer reading a
 residual stream (``residual="merge"``: silencing a stream dimension is then the same as zeroing it after
 every add), the one layer reading a copy of a stream (``residual="filan"``), the features at a group's
-offset in a concatenation. The groups that can be silenced (:func:`hidden_groups`) are the hidden ones:
+offset in a concatenation. Inside a ``MultiheadAttention`` call no hook reaches the units, so there the
+weight columns reading them are zeroed; queries and keys, read only by the attention pattern, are zeroed at
+their source (the projection's rows and bias entries); the weights are restored on exit, and PyTorch's
+fused attention fast path, which would bypass the hooks of a transformer layer's Linear modules, is off
+while the context is open. The groups that can be silenced (:func:`hidden_groups`) are the hidden ones:
 not an input, not the output.
 """
 
@@ -25,7 +29,7 @@ import torch
 from torch import nn
 
 from modscope.graph import GraphError, WeightGraph
-from modscope.graph.sites import UnitSites, unit_sites
+from modscope.graph.sites import Site, UnitSites, unit_sites
 
 __all__ = ["hidden_groups", "silenced", "sites_of"]
 
@@ -83,6 +87,9 @@ def silenced(
     hidden = set(hidden_groups(graph, None if graph.is_layered else sites))
     modules = dict(model.named_modules())
     handles = []
+    saved: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}  # (module, tensor) -> (it, copy)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
         for layer, idx in units.items():
             if layer not in hidden:
@@ -95,6 +102,10 @@ def silenced(
             size = graph.layers[layer].size
             if idx.size and (idx.min() < 0 or idx.max() >= size):
                 raise ValueError(f"units of layer {layer} must be in 0..{size - 1}, got {idx.tolist()}")
+            if sites is not None:
+                for site in sites.sites[layer]:
+                    if site.edit != "input":
+                        _zero_weights(modules, site, idx, saved)
             for module, features, dim in _targets(model, modules, graph, layer, idx, sites):
 
                 def hook(_module, args, dim=dim, features=features):
@@ -107,6 +118,34 @@ def silenced(
     finally:
         for h in handles:
             h.remove()
+        with torch.no_grad():
+            for tensor, original in saved.values():
+                tensor.copy_(original)
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+def _zero_weights(
+    modules: dict[str, nn.Module],
+    site: Site,
+    idx: np.ndarray,
+    saved: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]],
+) -> None:
+    """Zero the weight entries through which ``site`` reads (``"columns"``) or writes (``"rows"``) units
+    ``idx``, keeping a copy of each tensor the first time it is changed (restored by :func:`silenced`)."""
+    module = modules.get(site.module)
+    if module is None:
+        raise GraphError(f"'{site.module}' is not a module of the model")
+    index = torch.as_tensor(np.asarray(idx, dtype=np.int64) + site.offset)
+    targets = [(site.param, 1 if site.edit == "columns" else 0, index)]
+    if site.edit == "rows" and getattr(module, site.bias, None) is not None:
+        targets.append((site.bias, 0, index - site.offset + site.bias_offset))
+    with torch.no_grad():
+        for name, dim, where in targets:
+            tensor = getattr(module, name)
+            if (site.module, name) not in saved:
+                saved[site.module, name] = (tensor, tensor.detach().clone())
+            view = tensor if site.rows is None else tensor[site.rows[0] : site.rows[1]]
+            view.index_fill_(dim, where.to(tensor.device), 0.0)
 
 
 def _targets(
@@ -130,6 +169,8 @@ def _targets(
         return [(modules[consumer], features, dim)]
     out = []
     for site in sites.sites[layer]:
+        if site.edit != "input":  # weight edits (_zero_weights), not hooks
+            continue
         if site.calls > 1:
             raise _shared(site.module, layer, graph, site.calls)
         if site.module not in modules:

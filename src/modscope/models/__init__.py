@@ -60,7 +60,7 @@ from modscope.models.io import (
     save_model,
 )
 from modscope.models.seq import LSTMClassifier, Seq2Seq, Seq2SeqLSTM, Seq2SeqTransformer
-from modscope.models.sources import SOURCE_FORMS, load_any, parse_factory_args
+from modscope.models.sources import SOURCE_FORMS, example_inputs, load_any, parse_factory_args
 from modscope.models.spec import (
     ACTIVATIONS,
     NAMED_CNNS,
@@ -89,6 +89,7 @@ __all__ = [
     "Seq2SeqTransformer",
     "SpecError",
     "build_model",
+    "example_inputs",
     "init_glorot",
     "init_torch",
     "is_spec_string",

@@ -19,7 +19,9 @@ The description records how the model was obtained: ``source`` (as given), ``kin
 ``"file"``, ``"pt2"``, ``"torchvision"``, ``"huggingface"``, ``"python"``), ``spec`` and ``spec_string``
 (built-in architectures; ``None`` otherwise), ``random_init``, ``init_seed`` (``None`` unless randomly
 initialized), ``input_shape`` (one example without the batch dimension, when the source says it; else
-``None``), ``model_class``, ``factory_args`` and ``label`` (one line for people).
+``None``), ``token_inputs`` (for a Hugging Face model: the shape ``[batch, length]`` of the token ids it is
+traced with, :func:`example_inputs`; else ``None``), ``model_class``, ``factory_args`` and ``label`` (one
+line for people).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from modscope.models.io import load_model, resolve_model
 from modscope.models.spec import spec_input_shape, spec_to_string
 from modscope.seeding import check_seed, derive
 
-__all__ = ["SOURCE_FORMS", "load_any", "parse_factory_args"]
+__all__ = ["SOURCE_FORMS", "example_inputs", "load_any", "parse_factory_args"]
 
 SOURCE_FORMS = (
     "a built-in spec (mlp:784-256x4-10, vgg16), a model file (.safetensors; .pt/.pth with --arch), a "
@@ -108,11 +110,20 @@ def load_any(
         "random_init": False,
         "init_seed": None,
         "factory_args": None,
+        "token_inputs": None,
         **info,
         "input_shape": None if shape is None else [int(s) for s in shape],
         "model_class": type(model).__name__,
     }
     return model.eval(), description
+
+
+def example_inputs(description: Mapping[str, Any]) -> dict[str, torch.Tensor] | None:
+    """Keyword inputs to trace a model described by :func:`load_any` with (``WeightGraph.from_module(
+    model, example_inputs=...)``): token ids (all 0: the graph depends on their shape only) for a model
+    that reads tokens, ``None`` for one that takes ``input_shape``."""
+    shape = description.get("token_inputs")
+    return None if shape is None else {"input_ids": torch.zeros(*shape, dtype=torch.long)}
 
 
 def parse_factory_args(items: Sequence[str] | None) -> dict[str, Any]:
@@ -204,7 +215,8 @@ def _huggingface(source: str, path: Path) -> tuple[nn.Module, dict[str, Any]]:
         if bar:
             hf_logging.enable_progress_bar()
     kind = getattr(model.config, "model_type", "?")
-    return model, {"kind": "huggingface", "label": f"{source} (Hugging Face {kind}, {type(model).__name__})"}
+    label = f"{source} (Hugging Face {kind}, {type(model).__name__})"
+    return model, {"kind": "huggingface", "label": label, "token_inputs": [1, 8]}
 
 
 def _factory(source: str, file: Path, name: str, kwargs: dict) -> tuple[nn.Module, dict[str, Any]]:
