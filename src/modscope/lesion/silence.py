@@ -11,8 +11,10 @@ weight layer ``layers[l + 1].name``. On a general graph (residual adds, concaten
 group are found by tracing the model (:func:`modscope.graph.sites.unit_sites`): every layer reading a
 residual stream (``residual="merge"``: silencing a stream dimension is then the same as zeroing it after
 every add), the one layer reading a copy of a stream (``residual="filan"``), the features at a group's
-offset in a concatenation. The groups that can be silenced (:func:`hidden_groups`) are the hidden ones:
-not an input, not the output.
+offset in a concatenation. A recurrent module (``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``) reads its input
+through a hook on the module itself, and its hidden units are silenced at their source, by editing its
+weights while the context is open (:mod:`modscope.lesion.recurrent`). The groups that can be silenced
+(:func:`hidden_groups`) are the hidden ones: not an input, not the output.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torch import nn
 
 from modscope.graph import GraphError, WeightGraph
 from modscope.graph.sites import UnitSites, unit_sites
+from modscope.lesion.recurrent import at_source, inside, recurrent_reader
 
 __all__ = ["hidden_groups", "silenced", "sites_of"]
 
@@ -83,6 +86,7 @@ def silenced(
     hidden = set(hidden_groups(graph, None if graph.is_layered else sites))
     modules = dict(model.named_modules())
     handles = []
+    sources: dict[tuple[str, str], set[int]] = {}  # hidden units of recurrent layers, silenced at the source
     try:
         for layer, idx in units.items():
             if layer not in hidden:
@@ -95,7 +99,7 @@ def silenced(
             size = graph.layers[layer].size
             if idx.size and (idx.min() < 0 or idx.max() >= size):
                 raise ValueError(f"units of layer {layer} must be in 0..{size - 1}, got {idx.tolist()}")
-            for module, features, dim in _targets(model, modules, graph, layer, idx, sites):
+            for module, features, dim in _targets(model, modules, graph, layer, idx, sites, sources):
 
                 def hook(_module, args, dim=dim, features=features):
                     x = args[0].clone()
@@ -103,7 +107,8 @@ def silenced(
                     return (x, *args[1:])
 
                 handles.append(module.register_forward_pre_hook(hook))
-        yield model
+        with at_source(modules, sources):
+            yield model
     finally:
         for h in handles:
             h.remove()
@@ -116,8 +121,11 @@ def _targets(
     layer: int,
     idx: np.ndarray,
     sites: UnitSites | None,
+    sources: dict[tuple[str, str], set[int]],
 ) -> list[tuple[nn.Module, torch.Tensor, int]]:
-    """``(module, input features, dimension)`` to zero for units ``idx`` of group ``layer``."""
+    """``(module, input features, dimension)`` to zero for units ``idx`` of group ``layer``; the hidden
+    units of recurrent layers that read them are added to ``sources`` instead
+    (:mod:`modscope.lesion.recurrent`)."""
     if sites is None:  # a chain: read by the next layer
         consumer = graph.layers[layer + 1].name
         if consumer not in modules:
@@ -128,18 +136,21 @@ def _targets(
         spatial = _chain_reader(modules[consumer], graph.layers[layer].size)
         dim, features = _feature_index(modules[consumer], spatial, idx)
         return [(modules[consumer], features, dim)]
-    out = []
+    out, hooked = [], set()
     for site in sites.sites[layer]:
         if site.calls > 1:
             raise _shared(site.module, layer, graph, site.calls)
+        reader = None if site.module in modules else recurrent_reader(modules, site.module)
+        if reader is not None:
+            path, owner, param = reader
+            source = inside(owner, param, idx + site.offset)
+            if source is not None:  # a hook cannot reach a unit read inside the recurrence
+                sources.setdefault((path, source[0]), set()).update(source[1].tolist())
+            elif (path, site.offset) not in hooked:  # both directions read the module's input
+                hooked.add((path, site.offset))
+                out.append((owner, torch.as_tensor(idx + site.offset), -1))
+            continue
         if site.module not in modules:
-            owner = modules.get(site.module.rsplit(".", 1)[0])
-            if isinstance(owner, nn.RNNBase):  # a hook cannot reach a unit read inside the recurrence
-                raise GraphError(
-                    f"group '{graph.layers[layer].name}' is read by the recurrent layer "
-                    f"'{site.module.rsplit('.', 1)[0]}' ({type(owner).__name__}); lesions cannot silence "
-                    "units read inside a recurrent layer yet"
-                )
             raise GraphError(f"'{site.module}' is not a module of {type(model).__name__}")
         dim, features = _feature_index(modules[site.module], site.spatial, idx + site.offset)
         out.append((modules[site.module], features, dim))
