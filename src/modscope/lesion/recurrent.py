@@ -48,7 +48,7 @@ from torch import nn
 
 from modscope.graph import GraphError
 
-__all__ = ["CANDIDATE_GATE", "at_source", "inside", "recurrent_reader"]
+__all__ = ["CANDIDATE_GATE", "at_source", "candidate_gate", "inside", "recurrent_reader"]
 
 # Row block of the gate whose zeroing keeps a unit's state at 0 (module docstring): LSTM g, GRU n, RNN's one.
 CANDIDATE_GATE = {nn.LSTM: 2, nn.GRU: 2, nn.RNN: 0}
@@ -62,9 +62,17 @@ def recurrent_reader(modules: Mapping[str, nn.Module], name: str) -> tuple[str, 
     module = modules.get(owner)
     if not isinstance(module, nn.RNNBase) or _WEIGHT.fullmatch(param) is None:
         return None
-    if type(module) not in CANDIDATE_GATE:
-        raise GraphError(f"'{owner}' is a {type(module).__name__}; lesions handle nn.LSTM, nn.GRU, nn.RNN")
+    candidate_gate(module, owner)
     return owner, module, param
+
+
+def candidate_gate(module: nn.RNNBase, path: str) -> int:
+    """The row block of ``module``'s candidate gate (:data:`CANDIDATE_GATE`), or a GraphError naming
+    ``path`` for a recurrent module of another kind."""
+    for kind, gate in CANDIDATE_GATE.items():
+        if isinstance(module, kind):
+            return gate
+    raise GraphError(f"'{path}' is a {type(module).__name__}; lesions handle nn.LSTM, nn.GRU, nn.RNN")
 
 
 def inside(owner: nn.RNNBase, param: str, units: np.ndarray) -> tuple[str, np.ndarray] | None:
@@ -107,7 +115,7 @@ def at_source(
                     raise ValueError(
                         f"hidden units of '{path}' must be in 0..{size - 1}, got {units.tolist()}"
                     )
-                rows = CANDIDATE_GATE[type(module)] * size + units
+                rows = candidate_gate(module, path) * size + units
                 names = [f"{w}_{layer}" for w in ("weight_ih", "weight_hh")]
                 names += [f"{b}_{layer}" for b in ("bias_ih", "bias_hh") if module.bias]
                 for name in names:
