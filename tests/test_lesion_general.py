@@ -288,22 +288,3 @@ def test_what_cannot_be_silenced_is_refused_by_name():
     with pytest.raises(GraphError, match=r"module '2' reads layer 1 .* calls it 2 times"):
         with silenced(chain, WeightGraph.from_module(chain), {1: [0]}):
             pass
-
-
-def test_units_read_inside_a_recurrent_layer_are_refused_by_name():
-    class Recurrent(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.emb, self.out = nn.Linear(5, 8), nn.Linear(12, 3)
-            self.lstm = nn.LSTM(8, 12, batch_first=True)
-
-        def forward(self, x):
-            h, _ = self.lstm(self.emb(x))
-            return self.out(h[:, -1])
-
-    model = Recurrent().eval()
-    graph = WeightGraph.from_module(model)
-    partition = spectral_partition(graph, k=3, seed=0)
-    x, y = torch.randn(12, 4, 5), torch.randint(0, 3, (12,))
-    with pytest.raises(GraphError, match=r"read by the recurrent layer 'lstm' \(LSTM\)"):
-        lesion_modules(model, graph, partition, (x, y), n_random=3)

@@ -13,10 +13,12 @@ residual stream (``residual="merge"``: silencing a stream dimension is then the 
 every add), the one layer reading a copy of a stream (``residual="filan"``), the features at a group's
 offset in a concatenation. Inside a ``MultiheadAttention`` call no hook reaches the units, so there the
 weight columns reading them are zeroed; queries and keys, read only by the attention pattern, are zeroed at
-their source (the projection's rows and bias entries); the weights are restored on exit, and PyTorch's
-fused attention fast path, which would bypass the hooks of a transformer layer's Linear modules, is off
-while the context is open. The groups that can be silenced (:func:`hidden_groups`) are the hidden ones:
-not an input, not the output.
+their source (the projection's rows and bias entries); PyTorch's fused attention fast path, which would
+bypass the hooks of a transformer layer's Linear modules, is off while the context is open. A recurrent
+module (``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``) reads its input through a hook on the module itself, and its
+hidden units are silenced at their source, by editing its weights (:mod:`modscope.lesion.recurrent`).
+Every edited weight is restored on exit. The groups that can be silenced (:func:`hidden_groups`) are the
+hidden ones: not an input, not the output.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from torch import nn
 
 from modscope.graph import GraphError, WeightGraph
 from modscope.graph.sites import Site, UnitSites, unit_sites
+from modscope.lesion.recurrent import at_source, inside, recurrent_reader
 
 __all__ = ["hidden_groups", "silenced", "sites_of"]
 
@@ -90,6 +93,7 @@ def silenced(
     saved: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}  # (module, tensor) -> (it, copy)
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
+    sources: dict[tuple[str, str], set[int]] = {}  # hidden units of recurrent layers, silenced at the source
     try:
         for layer, idx in units.items():
             if layer not in hidden:
@@ -106,7 +110,7 @@ def silenced(
                 for site in sites.sites[layer]:
                     if site.edit != "input":
                         _zero_weights(modules, site, idx, saved)
-            for module, features, dim in _targets(model, modules, graph, layer, idx, sites):
+            for module, features, dim in _targets(model, modules, graph, layer, idx, sites, sources):
 
                 def hook(_module, args, dim=dim, features=features):
                     x = args[0].clone()
@@ -114,7 +118,8 @@ def silenced(
                     return (x, *args[1:])
 
                 handles.append(module.register_forward_pre_hook(hook))
-        yield model
+        with at_source(modules, sources):
+            yield model
     finally:
         for h in handles:
             h.remove()
@@ -155,8 +160,11 @@ def _targets(
     layer: int,
     idx: np.ndarray,
     sites: UnitSites | None,
+    sources: dict[tuple[str, str], set[int]],
 ) -> list[tuple[nn.Module, torch.Tensor, int]]:
-    """``(module, input features, dimension)`` to zero for units ``idx`` of group ``layer``."""
+    """``(module, input features, dimension)`` to zero for units ``idx`` of group ``layer``; the hidden
+    units of recurrent layers that read them are added to ``sources`` instead
+    (:mod:`modscope.lesion.recurrent`)."""
     if sites is None:  # a chain: read by the next layer
         consumer = graph.layers[layer + 1].name
         if consumer not in modules:
@@ -167,20 +175,23 @@ def _targets(
         spatial = _chain_reader(modules[consumer], graph.layers[layer].size)
         dim, features = _feature_index(modules[consumer], spatial, idx)
         return [(modules[consumer], features, dim)]
-    out = []
+    out, hooked = [], set()
     for site in sites.sites[layer]:
         if site.edit != "input":  # weight edits (_zero_weights), not hooks
             continue
         if site.calls > 1:
             raise _shared(site.module, layer, graph, site.calls)
+        reader = None if site.module in modules else recurrent_reader(modules, site.module)
+        if reader is not None:
+            path, owner, param = reader
+            source = inside(owner, param, idx + site.offset)
+            if source is not None:  # a hook cannot reach a unit read inside the recurrence
+                sources.setdefault((path, source[0]), set()).update(source[1].tolist())
+            elif (path, site.offset) not in hooked:  # both directions read the module's input
+                hooked.add((path, site.offset))
+                out.append((owner, torch.as_tensor(idx + site.offset), -1))
+            continue
         if site.module not in modules:
-            owner = modules.get(site.module.rsplit(".", 1)[0])
-            if isinstance(owner, nn.RNNBase):  # a hook cannot reach a unit read inside the recurrence
-                raise GraphError(
-                    f"group '{graph.layers[layer].name}' is read by the recurrent layer "
-                    f"'{site.module.rsplit('.', 1)[0]}' ({type(owner).__name__}); lesions cannot silence "
-                    "units read inside a recurrent layer yet"
-                )
             raise GraphError(f"'{site.module}' is not a module of {type(model).__name__}")
         dim, features = _feature_index(modules[site.module], site.spatial, idx + site.offset)
         out.append((modules[site.module], features, dim))
