@@ -113,6 +113,7 @@ def test_graph_options(tmp_path):
     doc = json.loads(path.read_text())
     assert [layer["size"] for layer in doc["graph"]["layers"]] == [4, 6, 5]
     assert doc["settings"]["channel_norm"] == "l2" and doc["settings"]["include_inputs"] is False
+    assert doc["settings"]["residual"] == "filan"  # "auto" without attention (no adds here: same graph)
     assert doc["result"]["shuffle"] == "layer_nonzero"
     expected = WeightGraph.from_module(
         build_model("cnn:1x8x8:c4-M-c6-f5-f3"), (1, 8, 8), channel_norm="l2", include_inputs=False,

@@ -318,6 +318,7 @@ def test_minilm_is_clustered_from_the_command_line(minilm, tmp_path, capsys):
     assert "(Hugging Face bert, BertModel)" in capsys.readouterr().out
     doc = json.loads(out.read_text())
     assert doc["model"]["token_inputs"] == [1, 8] and doc["settings"]["input_shape"] is None
+    assert doc["settings"]["residual"] == "merge"  # "auto" with attention
     names = [layer["name"] for layer in doc["graph"]["layers"]]
     # 6 layers x (query, key, value, intermediate) and the residual stream, 384 wide
     assert len(names) == 25 and names[0] == "encoder.layer.0.attention.self.query"

@@ -17,11 +17,12 @@ The JSON file (written atomically) has the keys
 - ``"model"``: the description of :func:`modscope.models.load_any`: ``source`` (the MODEL argument),
   ``kind``, ``spec`` (dict) and ``spec_string`` (``null`` unless a built-in architecture), ``random_init``,
   ``init_seed`` (``null`` unless randomly initialized), ``input_shape``, ``model_class``, ``factory_args``,
-  ``label``;
+  ``token_inputs``, ``label``;
 - ``"graph"``: ``layers`` (list of ``{"name", "size", "kind"}``), ``n_nodes``, ``n_edges``;
 - ``"settings"``: ``k``, ``n_shuffles``, ``shuffle``, ``seed``, ``jobs`` (as given), ``workers`` (the
   processes used: ``jobs`` capped at the CPUs and the shuffles), ``solver``, ``n_init``, ``patience``,
-  ``channel_norm``, ``include_inputs``, ``include_outputs``, ``input_shape``;
+  ``channel_norm``, ``residual`` (the rule used: ``"auto"`` resolved), ``include_inputs``,
+  ``include_outputs``, ``input_shape``;
 - ``"result"``: :meth:`ClusterabilityResult.to_dict` (``ClusterabilityResult.from_dict(d["result"])``
   reads it back);
 - ``"verdict"``: the one-line summary printed;
@@ -125,6 +126,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="l1",
         help="norm of a conv kernel slice as edge weight (default: l1)",
     )
+    p.add_argument(
+        "--residual",
+        choices=("auto", "filan", "merge"),
+        default="auto",
+        help="residual adds: a copy of the summed units per reader (filan, Filan et al.'s ResNet-50) or one "
+        "group per stream (merge); auto: merge for models with attention, else filan (default: auto)",
+    )
     p.add_argument("--no-inputs", action="store_true", help="leave the input-feature nodes out of the graph")
     p.add_argument("--no-outputs", action="store_true", help="leave the output-unit nodes out of the graph")
     p.add_argument("--json", metavar="PATH", help="write the result, settings and versions as JSON")
@@ -152,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
     from modscope.cli import check_output
     from modscope.cluster import clusterability, worker_count
     from modscope.graph import WeightGraph
+    from modscope.graph.trace import resolve_residual
     from modscope.models import example_inputs, load_any, parse_factory_args
     from modscope.seeding import check_seed
 
@@ -165,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     input_shape = args.input_shape or described["input_shape"]
     example = None if input_shape is not None else example_inputs(described)
     graph = WeightGraph.from_module(
-        model, input_shape, example_inputs=example, channel_norm=args.channel_norm,
+        model, input_shape, example_inputs=example, channel_norm=args.channel_norm, residual=args.residual,
         include_inputs=not args.no_inputs, include_outputs=not args.no_outputs,
     )  # fmt: skip
     print(f"model       {described['label']}")
@@ -206,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
                 "n_init": args.n_init,
                 "patience": args.patience,
                 "channel_norm": args.channel_norm,
+                "residual": resolve_residual(model, args.residual),
                 "include_inputs": not args.no_inputs,
                 "include_outputs": not args.no_outputs,
                 "input_shape": None if input_shape is None else list(input_shape),
