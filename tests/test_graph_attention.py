@@ -68,7 +68,7 @@ class Attn(nn.Module):
     def forward(self, x):
         h = self.inp(x)
         a, _ = self.attn(h, h, h)
-        return self.head((h + a)[:, 0])
+        return self.head((h + a)[:, 0, :])
 
 
 class _Self(nn.Module):

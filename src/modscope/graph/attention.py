@@ -109,7 +109,7 @@ class Attention:
         inputs = [a for a in node.all_input_nodes if a in state]
         results = [state[a] for a in inputs if isinstance(state[a], _AttentionResult)]
         if results and len(inputs) == 1 and node.op == "call_function" and node.target is operator.getitem:
-            if node.args[1] in (0, -2):
+            if node.args[1] in (0, -2) and results[0].output is not None:
                 return results[0].output
             if node.args[1] in (1, -1):  # the weights: refused where they are used (``a, _ = attn(...)``)
                 return _AttentionResult(None, results[0].at)
@@ -203,7 +203,9 @@ class Attention:
                 return None  # a plain feature vector: the feed-forward rules decide
             whole = all(isinstance(e, int) or e == slice(None) for e in entries if e is not Ellipsis)
             last = len(shape) - 1 if shape is not None else None
-            touches = Ellipsis in entries[:-1] or (last is not None and len(entries) > last)
+            touches = Ellipsis in entries[:-1] or (
+                last is not None and len(entries) > last and entries[last] != slice(None)
+            )
             if not whole or touches:
                 raise GraphError(f"{at} indexes the feature dimension (the units); only x[:, i] / x[i] "
                                  "over positions keep whole units")  # fmt: skip
