@@ -9,12 +9,12 @@ Spectral clustering (Ng, Jordan & Weiss 2001; Shi & Malik 2000) never needs ``A`
   reads ``assoc(c, c) = (H^T A H)_cc`` and ``vol(c) = (H^T d)_c``;
 * a dense copy, for the small graphs solved by LAPACK.
 
-Two kinds implement it: :class:`~modscope.cluster.layered_affinity.LayeredAffinity`, the block structure of
-a layered weight graph (dense per-layer products, and the bipartite reduction of
-:mod:`modscope.cluster.bipartite`), and :class:`~modscope.cluster.sparse_affinity.SparseAffinity`, any
-symmetric non-negative matrix stored as scipy sparse -- among them the weight graphs of residual and
-concatenating networks, whose blocks join arbitrary groups (no longer bipartite). :func:`as_affinity`
-picks the kind.
+Three kinds implement it: :class:`~modscope.cluster.layered_affinity.LayeredAffinity`, the block
+structure of a layered weight graph (dense per-layer products, and the bipartite reduction of
+:mod:`modscope.cluster.bipartite`); :class:`~modscope.cluster.block_affinity.BlockAffinity`, the dense
+blocks of a general weight graph (residual, concatenating, recurrent, attention networks: blocks join
+arbitrary groups, no longer bipartite); and :class:`~modscope.cluster.sparse_affinity.SparseAffinity`,
+any symmetric non-negative matrix stored as scipy sparse. :func:`as_affinity` picks the kind.
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from modscope.cluster.block_affinity import BlockAffinity
 from modscope.cluster.layered_affinity import LayeredAffinity
 from modscope.cluster.sparse_affinity import SparseAffinity
 from modscope.graph import WeightGraph
 
-__all__ = ["Affinity", "LayeredAffinity", "SparseAffinity", "as_affinity"]
+__all__ = ["Affinity", "BlockAffinity", "LayeredAffinity", "SparseAffinity", "as_affinity"]
 
 
 class Affinity(Protocol):
@@ -55,13 +56,14 @@ class Affinity(Protocol):
 
 
 def as_affinity(source: WeightGraph | Affinity | Any) -> Affinity:
-    """The affinity of ``source``: a layered :class:`WeightGraph` keeps its blocks, any other one becomes its
-    sparse :meth:`~WeightGraph.adjacency`; an affinity is returned
-    as it is; anything else (a scipy sparse matrix or an array of shape ``(n, n)``) is checked to be
-    square, finite, non-negative and symmetric and stored sparse.
+    """The affinity of ``source``: a :class:`WeightGraph` keeps its blocks (layered or general); an affinity
+    is returned as it is; anything else (a scipy sparse matrix or an array of shape ``(n, n)``) is checked
+    to be square, finite, non-negative and symmetric and stored sparse.
     """
     if isinstance(source, WeightGraph):
-        return LayeredAffinity(source.blocks) if source.is_layered else SparseAffinity(source.adjacency())
-    if isinstance(source, (LayeredAffinity, SparseAffinity)):
+        if source.is_layered:
+            return LayeredAffinity(source.blocks)
+        return BlockAffinity(source.edges, source.layer_sizes)
+    if isinstance(source, (LayeredAffinity, BlockAffinity, SparseAffinity)):
         return source
     return SparseAffinity(source)

@@ -42,7 +42,8 @@ class WeightGraph:
 
     Nodes are numbered group by group: node ``offsets[l] + i`` is unit ``i`` of group ``l``. A graph whose
     edges are exactly the chain ``l -> l + 1`` is *layered* (:attr:`is_layered`): the clustering then uses
-    its block-tridiagonal structure, otherwise the sparse :meth:`adjacency`; lesions find where a general
+    its block-tridiagonal structure, otherwise its blocks as they are (both dense products, never the
+    sparse :meth:`adjacency`, which is there for other tools); lesions find where a general
     graph's groups are read by tracing the model again (:mod:`modscope.graph.sites`). Build one with
     :meth:`from_module` or :meth:`from_weights`.
     """
