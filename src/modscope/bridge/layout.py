@@ -85,7 +85,7 @@ def block_sources(graph: WeightGraph, shapes: Mapping[str, Sequence[int]]) -> li
     used = {s.param for s in out if s is not None}
     stray = [n for n, s in shapes.items() if len(s) >= 2 and n not in used]
     if stray:
-        known = sorted({b for b in bases})
+        known = sorted(set(bases))
         raise ValueError(
             f"the mask covers parameters the graph does not have: {stray[:5]} (the graph's blocks come from "
             f"{known[:8]}{'...' if len(known) > 8 else ''}); restrict the mask to the graph's parameters, "

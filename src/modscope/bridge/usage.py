@@ -53,6 +53,9 @@ def weight_usage(graph: WeightGraph, masks: Mapping[str, Mapping[str, Any]], *, 
     if not tasks:
         raise ValueError("masks holds no task")
     first = masks[tasks[0]]
+    for t in tasks[1:]:
+        if set(masks[t]) != set(first):
+            raise ValueError(f"mask {t!r} covers other parameters than mask {tasks[0]!r}")
     sources = block_sources(graph, {n: tuple(t.shape) for n, t in first.items()})
     per_task = [kept_counts(graph, masks[t], model=model, sources=sources) for t in tasks]
     off = graph.offsets
