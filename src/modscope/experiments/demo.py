@@ -7,8 +7,9 @@ and pruned to 90% sparsity (Filan et al. arXiv:2103.03386's protocol, scaled dow
   shuffles (Filan et al. §3), and lesions of the modules found (§6);
 * functional lens: one weight mask for the digits 0-4 and one for 5-9 (Csordás et al. arXiv:2010.02066),
   with P_specialize both ways and per-layer IoU;
-* the lenses connected (SPEC §3): the share of each mask's kept weights that joins two units of the same
-  cluster, next to the same share among all weights the pruned network kept.
+* the lenses connected (SPEC §3, :mod:`modscope.bridge`): where each mask's kept weights and units fall
+  among the clusters, the agreement (ARI, NMI) of the clusters with the units each mask uses, against
+  same-size random partitions, next to the share of all kept weights inside clusters.
 
 The network is network 0 of the config's ``seed``: its training, clustering, lesion, pair and mask seeds
 are :func:`modscope.experiments.structural.network_seeds`, and both shuffle tests share the clustering
@@ -21,7 +22,6 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -47,6 +47,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "n_jobs": 1,
     },
 }
+
+#: Same-size random partitions of the lens bridge's null (about a second on the demo's network).
+BRIDGE_NULLS = 200
 
 #: P_specialize from which two masks count as specialized in the claims.
 SPECIALIZED = 0.25
@@ -188,29 +191,18 @@ def _p_specialize(tab: Any, a: str, b: str) -> float | None:
     return p_specialize(tab, a, b, chance=0.2) if full > 0.2 else None
 
 
-def _inside_clusters(run: Run, labels: np.ndarray) -> dict[str, float]:
-    """Per mask, and for all weights the network kept: the share of kept weights joining two units of the
-    same cluster."""
-    from modscope.masks import MaskSet
+def _bridge(run: Run, cfg: dict, partition: Any) -> tuple[Any, float]:
+    """The masks against the clusters (:func:`modscope.bridge.bridge`), and for comparison the share of all
+    weights the pruned network kept that join two units of the same cluster."""
+    from modscope.bridge import bridge, inside_share
+    from modscope.masks import Mask, MaskSet
 
     model, graph = _load(run)
     masks = MaskSet.load(run.out / "masks.safetensors", model=model)
-    off = graph.offsets
-    same = {}
-    for i, layer in enumerate(graph.layers[1:]):
-        rows, cols = labels[off[i + 1] : off[i + 2]], labels[off[i] : off[i + 1]]
-        same[f"{layer.name}.weight"] = rows[:, None] == cols[None, :]
     params = dict(model.named_parameters())
-
-    def share(keep: dict[str, np.ndarray]) -> float:
-        inside = sum(int((keep[n] & same[n]).sum()) for n in same if n in keep)
-        total = sum(int(keep[n].sum()) for n in same if n in keep)
-        return inside / total if total else float("nan")
-
-    out = {"all kept weights": share({n: params[n].detach().numpy() != 0 for n in same})}
-    for task in masks.tasks:
-        out[f"mask {task}"] = share({n: masks[task][n].numpy() for n in masks[task]})
-    return out
+    kept = Mask({n: params[n].detach() != 0 for n in masks.param_names})
+    result = bridge(graph, partition, masks, n_null=BRIDGE_NULLS, seed=network_seeds(cfg["seed"], 0).cluster)
+    return result, inside_share(graph, partition, kept)
 
 
 def reproduce(run: Run, config: dict) -> RunResult:
@@ -231,15 +223,15 @@ def reproduce(run: Run, config: dict) -> RunResult:
     run.report("demo", 3, len(steps))
     masks = run.unit("masks", lambda: _masks(run, config, data.train, data.test), check=_check_masks)
     run.report("demo", 4, len(steps))
-    inside = _inside_clusters(run, layer.partition.labels)
-    return _result(run, config, net, layer, nonzero, les, masks, inside)
+    connected = _bridge(run, config, layer.partition)
+    return _result(run, config, net, layer, nonzero, les, masks, connected)
 
 
 def _num(v: float | None) -> str:
     return "undefined (network at chance)" if v is None else f"{v:.2f}"
 
 
-def _result(run, config, net, layer, nonzero, les, masks, inside) -> RunResult:
+def _result(run, config, net, layer, nonzero, les, masks, connected) -> RunResult:
     from modscope.lesion import UNTESTED
     from modscope.masks import MaskEvalTable
 
@@ -251,6 +243,7 @@ def _result(run, config, net, layer, nonzero, les, masks, inside) -> RunResult:
     interacting = sum(p["p_value"] <= study["alpha"] for p in les["pairs"])
     (ab, pab), (ba, pba) = masks["p_specialize"].items()
     a, b = _GROUPS
+    lenses, all_inside = connected
     rows = [
         ["—", "test accuracy (trained / pruned 90%)", net["trained_accuracy"], net["pruned_accuracy"], None],
         ["structural", f"n-cut (k={layer.k}) vs layer shuffles", layer.ncut, layer.null_mean, layer.p_value],
@@ -260,13 +253,15 @@ def _result(run, config, net, layer, nonzero, les, masks, inside) -> RunResult:
         ["functional", f"P_specialize({ab})", pab, None, None],
         ["functional", f"P_specialize({ba})", pba, None, None],
         ["functional", f"IoU of masks {a} and {b}", masks["iou"]["total"], None, None],
-        ["connected", f"mask {a}: share inside clusters", inside[f"mask {a}"], inside["all kept weights"],
-         None],
+        ["connected", f"mask {a}: share inside clusters", lenses.scores[f"inside[{a}]"], all_inside,
+         lenses.p_value(f"inside[{a}]")],
+        ["connected", "ARI of clusters and mask units", lenses.ari, lenses.null("ari")["mean"],
+         lenses.p_value("ari")],
     ]
     summary = table(
         "Summary", ["lens", "measure", "value", "compared with", "p"], rows,
-        note="'compared with': the shuffles' mean n-cut, the number of modules or pairs tested, or the share "
-        "among all weights the pruned network kept.",
+        note="'compared with': the shuffles' mean n-cut, the number of modules or pairs tested, the share "
+        "among all weights the pruned network kept, or the mean over same-size random partitions.",
     )  # fmt: skip
     claims = (
         {
@@ -317,11 +312,10 @@ def _result(run, config, net, layer, nonzero, les, masks, inside) -> RunResult:
             kept=masks["kept"], iou=masks["iou"]["per_layer"], iomin=masks["iomin"]["per_layer"], pair=[a, b],
             accuracy=accuracy,
         ),
-        table(
+        lenses.section(
             "The lenses connected: where the masks fall",
-            ["weights", "share joining two units of the same cluster"],
-            [[k, v] for k, v in inside.items()],
-            note="A mask that follows the clusters has a larger share than the kept weights overall.",
+            note=f"Of all weights the pruned network kept, {all_inside:.3f} join two units of the same "
+            "cluster; a mask that follows the clusters has a larger share.",
         ),
     )
     return RunResult(

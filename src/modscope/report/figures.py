@@ -28,6 +28,7 @@ __all__ = [
     "overlap_bars",
     "partition_figure",
     "png_bytes",
+    "share_heatmaps",
 ]
 
 #: Resolution of the embedded PNGs: sharp on a laptop screen at the figure sizes used here, and a few
@@ -242,6 +243,34 @@ def lesion_heatmap(classes: Sequence[str], modules: Sequence[Mapping[str, Any]])
     ax.set_xlabel("class")
     fig.colorbar(im, ax=ax, label="accuracy drop", shrink=0.9)
     ax.set_title("per-class accuracy drop when the module is lesioned", fontsize=10)
+    return fig
+
+
+def share_heatmaps(clusters: Sequence[str], masks: Sequence[str], shares: Mapping[str, Any]) -> Figure:
+    """One clusters x masks heat map per entry of ``shares`` (title -> rows of shares in [0, 1], ``None``
+    grey): where each task's mask falls among the clusters (:mod:`modscope.bridge`)."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"].with_extremes(bad="#d5d8dc")
+    width = float(np.clip(0.5 * len(masks) + 1.6, 2.6, 8.0))
+    fig = new_figure(width * len(shares) + 0.8, float(np.clip(0.3 * len(clusters) + 1.4, 2.4, 14.0)))
+    axes = fig.subplots(1, len(shares), squeeze=False)[0]
+    for ax, (title, rows) in zip(axes, shares.items()):
+        data = np.array([[_float(v) for v in r] for r in rows], dtype=float)
+        data = data.reshape(len(clusters), len(masks))
+        im = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=0, vmax=1, aspect="auto",
+                       interpolation="nearest")  # fmt: skip
+        ax.set_xticks(range(len(masks)), [str(m) for m in masks], fontsize=8)
+        ax.set_yticks(range(len(clusters)), [str(c) for c in clusters], fontsize=8)
+        if data.size <= 120:
+            for (i, j), v in np.ndenumerate(data):
+                if math.isfinite(v):
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                            color="black" if v > 0.6 else "white")  # fmt: skip
+        ax.set_xlabel("mask")
+        ax.set_ylabel("cluster")
+        ax.set_title(str(title), fontsize=10)
+    fig.colorbar(im, ax=list(axes), label="share", shrink=0.9)
     return fig
 
 

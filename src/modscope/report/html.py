@@ -446,12 +446,30 @@ def _lesions(section: Mapping[str, Any]) -> str:
     return out
 
 
+def _bridge(section: Mapping[str, Any]) -> str:
+    """Clusters x masks shares and the lens-bridge scores against their nulls (:mod:`modscope.bridge`)."""
+    shares = {"kept weights inside the cluster": section["weight_share"],
+              "used units in the cluster": section["unit_share"]}  # fmt: skip
+    shares = {title: rows for title, rows in shares.items() if rows is not None}
+    out = _figure(
+        figures.share_heatmaps(section["clusters"], section["masks"], shares),
+        alt="clusters x masks heat map of shares",
+        caption="Per mask (column), the share of its kept weights joining two units of each cluster and the "
+        "share of the units it uses in each cluster (a column of the weight map sums to at most 1: the rest "
+        "joins two clusters).",
+    )
+    if section.get("note"):
+        out += f'<p class="note">{escape(str(section["note"]))}</p>'
+    return out + _table(section["scores"])
+
+
 # kind -> render of a section (clusterability sections also take their model's path).
 _RENDERERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "table": _table_section,
     "masks": _masks,
     "lines": _lines,
     "lesions": _lesions,
+    "bridge": _bridge,
 }
 
 

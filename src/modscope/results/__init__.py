@@ -22,6 +22,10 @@ same way on both sides. Each section is a plain JSON object whose ``kind`` says 
     ``{"kind", "title", "classes": [str], "modules": [{"name", "label", "p_important", "damage",
     "class_damage": [float]}], "pairs"?: [{"a", "b", "interaction", "p"}]}``: a heat map of per-class
     accuracy drop per module, labelled by importance. Modules are named by :func:`module_name`.
+``"bridge"`` (:func:`bridge_section`)
+    ``{"kind", "title", "clusters": [str], "masks": [str], "weight_share": [[float]] | null, "unit_share":
+    [[float]], "scores": table, "note"?}``: clusters x masks heat maps of the share of each mask's kept
+    weights and used units in each cluster, and the scores against their nulls (:mod:`modscope.bridge`).
 
 Numbers may be ``null`` where a value is undefined (JSON has no NaN). This package imports no torch.
 """
@@ -39,6 +43,7 @@ from typing import Any
 from modscope.atomic import write_json_atomic
 from modscope.results.sections import (
     SECTION_KINDS,
+    bridge_section,
     clusterability_section,
     is_list,
     is_number,
@@ -51,8 +56,8 @@ from modscope.results.sections import (
 )
 
 __all__ = [
-    "FORMAT", "SECTION_KINDS", "RunResult", "clusterability_section", "lesions_section", "lines_section",
-    "masks_section", "module_name", "table", "validate", "validate_section",
+    "FORMAT", "SECTION_KINDS", "RunResult", "bridge_section", "clusterability_section", "lesions_section",
+    "lines_section", "masks_section", "module_name", "table", "validate", "validate_section",
 ]  # fmt: skip
 
 FORMAT = "modscope-results/1"

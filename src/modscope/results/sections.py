@@ -7,11 +7,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 __all__ = [
-    "SECTION_KINDS", "clusterability_section", "lesions_section", "lines_section", "masks_section",
-    "module_name", "table", "validate_section",
+    "SECTION_KINDS", "bridge_section", "clusterability_section", "lesions_section", "lines_section",
+    "masks_section", "module_name", "table", "validate_section",
 ]  # fmt: skip
 
-SECTION_KINDS = ("table", "clusterability", "masks", "lines", "lesions")
+SECTION_KINDS = ("table", "clusterability", "masks", "lines", "lesions", "bridge")
 
 
 def module_name(layer: str, cluster: int) -> str:
@@ -88,6 +88,25 @@ def lesions_section(
                     for m in modules],
         "pairs": [{k: p.get(k) for k in ("a", "b", "interaction", "p")} for p in pairs],
     }  # fmt: skip
+    return _checked(doc)
+
+
+def bridge_section(
+    title: str, *, clusters: Sequence[str], masks: Sequence[str],
+    weight_share: Sequence[Sequence[Any]] | None, unit_share: Sequence[Sequence[Any]],
+    scores: Mapping[str, Any], note: str = "",
+) -> dict:  # fmt: skip
+    """A ``"bridge"`` section (:mod:`modscope.bridge`): per cluster and mask, the share of the mask's kept
+    weights inside the cluster (``null`` for unit masks) and of its used units, and ``scores`` (a
+    :func:`table`)."""
+    doc = {
+        "kind": "bridge", "title": title, "clusters": [str(c) for c in clusters],
+        "masks": [str(m) for m in masks],
+        "weight_share": None if weight_share is None else [_list(r) for r in weight_share],
+        "unit_share": [_list(r) for r in unit_share], "scores": scores,
+    }  # fmt: skip
+    if note:
+        doc["note"] = note
     return _checked(doc)
 
 
@@ -205,12 +224,32 @@ def _check_lesions(section: Mapping[str, Any]) -> None:
         _fail(section, "'pairs' must be a list of {a, b, interaction, p} objects")
 
 
+def _check_bridge(section: Mapping[str, Any]) -> None:
+    _need(section, "title", "clusters", "masks", "weight_share", "unit_share", "scores")
+    if not is_list(section["clusters"]) or not is_list(section["masks"]):
+        _fail(section, "'clusters' and 'masks' must be lists of names")
+    shape = (len(section["clusters"]), len(section["masks"]))
+    for key in ("weight_share", "unit_share"):
+        m = section[key]
+        if m is None and key == "weight_share":
+            continue
+        if not (is_list(m) and len(m) == shape[0] and all(
+            is_list(r) and len(r) == shape[1] and all(x is None or is_number(x) for x in r) for r in m
+        )):
+            _fail(section, f"{key!r} must be {shape[0]} rows (clusters) of {shape[1]} shares (masks)")
+    scores = section["scores"]
+    if not isinstance(scores, Mapping) or scores.get("kind") != "table":
+        _fail(section, "'scores' must be a 'table' object")
+    _check_table(scores)
+
+
 _VALIDATORS: dict[str, Callable[[Mapping[str, Any]], None]] = {
     "table": _check_table,
     "clusterability": _check_clusterability,
     "masks": _check_masks,
     "lines": _check_lines,
     "lesions": _check_lesions,
+    "bridge": _check_bridge,
 }
 
 
