@@ -258,8 +258,8 @@ def compare(name: str, scenario: Scenario, n_shuffles: int, n_ref: int, jobs: in
               f"(modscope {np.mean(ours[: len(finished)]):.4f}, "
               f"reference {np.mean([d['ncut'] for d in finished]):.4f})")  # fmt: skip
     else:
-        print(f"reference: no clustering finished within {timeout:.0f} s (at least {timeout / each:.0f}x "
-              f"modscope's time per clustering); n-cut not compared")  # fmt: skip
+        print(f"reference: no clustering finished within {timeout:.0f} s (modscope: {each:.1f} s per "
+              f"clustering); n-cut not compared")  # fmt: skip
     if scenario.target:
         out["target"] = target(seconds, n_shuffles, out.get("ncut_ratio_mean"))
     return out
