@@ -107,7 +107,8 @@ def test_setups_follow_the_seed_and_keep_the_inputs():
     b = control_setups(model, {"t": data}, seed=1)
     assert list(a) == list(CONTROLS)
     assert a["shuffled_labels"].model is model
-    assert torch.equal(a["shuffled_labels"].tasks["t"][1], shuffled_labels(data, seed=derive(1, "shuffled_labels", "t"))[1])
+    expected = shuffled_labels(data, seed=derive(1, "shuffled_labels", "t"))[1]
+    assert torch.equal(a["shuffled_labels"].tasks["t"][1], expected)
     assert torch.equal(a["shuffled_labels"].tasks["t"][1], b["shuffled_labels"].tasks["t"][1])
     assert a["random_weights"].tasks["t"] is data
     assert torch.equal(a["random_weights"].model[0].weight, b["random_weights"].model[0].weight)
@@ -145,3 +146,54 @@ def test_real_masks_beat_the_shuffled_label_control():
     assert ours > 0.85
     assert control < 0.7
     assert ours - control > 0.25
+
+
+# ------------------------------------------------------------------------------------ in the reproductions
+_TINY_DA = {"hidden": "16x2", "train_steps": 40, "mask_steps": 8, "mask_batch": 32}
+
+
+def test_double_addition_reports_the_controls_next_to_the_real_masks(tmp_path, one_thread):
+    from modscope.experiments import reproduce
+
+    result = reproduce("double-addition", tmp_path / "on", overrides=_TINY_DA)
+    (section,) = [s for s in result.sections if s["title"].startswith("Sanity controls")]
+    assert [r[:2] for r in section["rows"]] == [
+        ["FNN 0", m] for m in ("real network", "random weights", "shuffled labels")
+    ]
+    unit = result.units["fnn-0"]
+    real, shuffled = section["rows"][0], section["rows"][2]
+    assert real[2:4] == [sum(unit["kept"][t].values()) for t in ("pair 1", "pair 2")]
+    assert shuffled[2:4] == [sum(unit["controls"]["shuffled_labels"]["kept"][t].values())
+                             for t in ("pair 1", "pair 2")]  # fmt: skip
+    # the controls' masks: a quarter of the steps (2 of 8) at four times the lr, checkpoints cleaned up
+    assert not any((tmp_path / "on" / "checkpoints").glob("*"))
+    off = reproduce("double-addition", tmp_path / "off", overrides={**_TINY_DA, "controls": False})
+    assert not [s for s in off.sections if s["title"].startswith("Sanity controls")]
+    assert "controls" not in off.units["fnn-0"]
+    # the real masks do not depend on whether the controls ran
+    assert off.units["fnn-0"]["kept"] == unit["kept"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [({"controls": 1}, "'controls' of 'addmul' takes a bool"), ({"control_share": 1.5}, "control_share must"),
+     ({"control_share": 0}, "control_share must")],
+)
+def test_controls_config_is_checked(override, message):
+    from modscope.experiments import experiment_config
+    from modscope.experiments.controls import check_controls_config
+
+    with pytest.raises(ValueError, match=message):
+        experiment_config("addmul", overrides=override)
+    with pytest.raises(ValueError, match="controls must be true or false"):
+        check_controls_config({"controls": "yes"})
+    assert check_controls_config({}) is False  # a run made before the controls existed
+
+
+def test_control_budget_keeps_lr_times_steps():
+    from modscope.experiments.controls import control_budget
+
+    assert control_budget({"mask_steps": 4000, "mask_lr": 0.05, "control_share": 0.25}) == (1000, 0.2)
+    assert control_budget({"mask_steps": 8, "mask_lr": 0.05}) == (8, 0.05)
+    steps, lr = control_budget({"mask_steps": 3, "mask_lr": 0.1, "control_share": 0.1})
+    assert steps == 1 and lr == pytest.approx(0.3)
