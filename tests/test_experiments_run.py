@@ -212,7 +212,9 @@ def test_demo_end_to_end_resumes_and_reports(tmp_path, one_thread, capsys):
     result = RunResult.load(tmp_path / "results.json")
     assert result.setting == "custom" and result.config["epochs"] == 15
     kinds = [s["kind"] for s in result.sections]
-    assert kinds == ["clusterability", "lesions", "masks", "bridge"]
+    assert kinds == ["clusterability", "lesions", "masks", "bridge", "table"]
+    controls = result.sections[-1]  # the real masks next to the sanity controls
+    assert [r[1] for r in controls["rows"]] == ["real network", "random weights", "shuffled labels"]
     cl = result.sections[0]
     assert len(cl["labels"]) == 64 + 24 + 24 + 10 and len(cl["nulls"]["layer"]) == 3
     assert (tmp_path / cl["model"]).is_file() and (tmp_path / "report.html").is_file()

@@ -27,6 +27,7 @@ EXPERIMENTS: dict[str, str] = {
     "addmul": "modscope.experiments.addmul",
     "double-addition": "modscope.experiments.double_addition",
     "demo": "modscope.experiments.demo",
+    "training-dynamics": "modscope.experiments.training_dynamics",
 }
 
 

@@ -28,6 +28,10 @@ Per width in ``hidden`` (one or more, comma-separated: ``"256x4,512x4"``) and ne
    statistic, the share of the ``+`` mask's weights the ``*`` mask also keeps (per layer and pooled), and
    its trend over the widths (their "sharing vs. network size" figure); where the core sits, layer by layer.
 
+With ``controls`` (on by default) every network's three masks are trained again on a random-weight copy of
+the network and on its tasks with shuffled labels and analysed the same way, reported next to the real masks
+(:mod:`modscope.experiments.controls`; ``control_share`` of the mask steps, the real masks' ``lr x steps``).
+
 With ``lstm`` the same is done for the paper's LSTM (recipe ``addmul-lstm``: ``{lstm_hidden}`` = layers of
 units, reading the input for 3 steps), unit ``lstm-SIZES-i``.
 
@@ -38,7 +42,8 @@ within reach: with the linear penalty the kept count keeps falling slowly (a 256
 weights after 3,100 steps at lr 0.03, 0.12 after 5,600; at lr 0.1 0.12 after 2,100 and 0.045 after 5,600),
 and because Adam moves a logit by about ``lr`` per step, curves at different lr lie close to one curve over
 ``lr x steps``. So the masks get the authors' budget, ``lr x steps`` = 1e-2 x 20k = 200, in a fifth of the
-steps; each run reports how much its masks were still moving.
+steps; each run reports how much its masks were still moving. The quick controls take 1,000 steps at lr
+0.2 (the same budget again), the paper's the real masks' 20k steps at 1e-2.
 """
 
 from __future__ import annotations
@@ -70,6 +75,14 @@ from modscope.experiments.arithmetic import (
     train_and_mask,
 )
 from modscope.experiments.checks import NUMBER, check_fields, check_sizes
+from modscope.experiments.controls import (
+    arithmetic_controls,
+    budget_note,
+    check_controls_config,
+    check_controls_unit,
+    controls_section,
+    masks_doc,
+)
 from modscope.experiments.run import Run
 from modscope.masks import MaskEvalTable, MaskSet, iomin, iou, p_specialize, sharing
 from modscope.models import parse_spec
@@ -105,6 +118,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "mask_batch": 128,
         "lstm": False,
         "lstm_hidden": "256x2",
+        "controls": True,
+        "control_share": 0.25,
     },
     "paper": {
         **AUTHORS_PROTOCOL,
@@ -119,6 +134,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "mask_batch": 128,
         "lstm": True,
         "lstm_hidden": "256x2",
+        "controls": True,
+        "control_share": 1.0,
     },
 }
 
@@ -140,6 +157,7 @@ def _spec(kind: str, sizes: str) -> str:
 def _groups(config: Mapping[str, Any]) -> list[tuple[str, str]]:
     """``(kind, sizes)`` of each group of networks, validated."""
     check_masks_config(config)
+    check_controls_config(config)
     if not isinstance(config["lstm"], bool):
         raise ValueError(f"lstm must be true or false, got {config['lstm']!r}")
     groups = [("fnn", w) for w in _widths(config)]
@@ -206,6 +224,12 @@ def _unit(run: Run, config: Mapping[str, Any], kind: str, sizes: str, i: int) ->
         model, masks, doc = train_and_mask(run, key, _KINDS[kind], _spec(kind, sizes), seed, config, tasks)
         found = analyze(model, masks, evals, reference=config["reference"])
         doc.update(kind=kind, width=sizes, network=i, **found)
+        if check_controls_config(config):
+            controls = arithmetic_controls(run, run.checkpoint_prefix(key), model, tasks, seed, config)
+            doc["controls"] = {
+                name: masks_doc(m, analyze(net, m, evals, reference=config["reference"]))
+                for name, (net, m) in controls.items()
+            }
         return finite(doc)
 
     return key, run.unit(key, compute, check=_check_unit)
@@ -215,6 +239,7 @@ def _check_unit(doc: Mapping[str, Any]) -> None:
     check_unit(doc, _UNIT)
     check_fields(doc["derived_kept"]["core"], dict.fromkeys(doc["layers"], int), "derived_kept.core")
     check_fields(doc["shared"]["+"]["per_layer"], dict.fromkeys(doc["layers"], NUMBER), "shared.+.per_layer")
+    check_controls_unit(doc, ("+", "*"), {"p_specialize": _DIRECTIONS, "iou": {"total": NUMBER}})
 
 
 def reproduce(run: Run, config: dict) -> RunResult:
@@ -355,6 +380,20 @@ def _trend_claim(lines: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _controls(config: Mapping[str, Any], groups, units: Mapping[str, dict]) -> dict[str, Any]:
+    """The real masks of every network next to its sanity controls (:mod:`modscope.experiments.controls`)."""
+    named = [(f"{_name(kind, sizes)} #{i}", units[f"{kind}-{sizes}-{i}"])
+             for kind, sizes in groups for i in range(config["networks"])]  # fmt: skip
+    return controls_section(
+        "Sanity controls: the + and × masks where there is nothing to find", named, ("+", "*"),
+        ["P_specialize(+|×)", "P_specialize(×|+)", "IoU(+, ×)"],
+        lambda d: [d["p_specialize"]["+|*"], d["p_specialize"]["*|+"], d["iou"]["total"]],
+        note=f"{budget_note(config)} P_specialize as in the summary, drops from the "
+        f"{reference_label(config)} of the same set of masks; 'undefined' where that reference is at chance.",
+        names=_SIGN,
+    )  # fmt: skip
+
+
 def _result(run: Run, config: Mapping[str, Any], groups, units: dict[str, dict]) -> RunResult:
     rows, claims, sections, where = [], [], [], []
     for kind, sizes in groups:
@@ -389,6 +428,8 @@ def _result(run: Run, config: Mapping[str, Any], groups, units: dict[str, dict])
         "keeps both operations under ¬(X only) save X, and loses both under ¬core.",
     ))  # fmt: skip
     sections.append(curves_section("Mask training: kept weights over the steps", units))
+    if check_controls_config(config):
+        sections.append(_controls(config, groups, units))
     return RunResult(
         "addmul", TITLE, run.setting, summary, tuple(claims), tuple(sections), dict(config), versions(),
         run.seconds(), units,

@@ -243,24 +243,7 @@ def train_and_mask(
         progress=run.report,
     )  # fmt: skip
     model_path = save_trained(model, spec_dict, run.model_path(key), train_config, results[-1])
-    logits, curves, hparams = {}, {}, {}
-    for n, (task, source) in enumerate(tasks.items()):
-        curve = _Curve(f"{prefix}.mask{n}.curve.json", config["mask_steps"])
-
-        def progress(label: str, done: int, total: int, info: dict, task=task, curve=curve) -> None:
-            curve(done, total, info)
-            run.report(label, done, total, {"mask": task, **info})
-
-        one = train_masks(
-            model, {task: source}, cross_entropy, steps=config["mask_steps"], beta=config["beta"],
-            lr=config["mask_lr"], samples=config["samples"], batch_size=config["mask_batch"], seed=seed,
-            checkpoint=f"{prefix}.mask{n}.pt", progress=progress,
-        )  # fmt: skip
-        logits[task] = one.logits[task]
-        curves[task] = curve.series()
-        hparams = {k: v for k, v in one.hparams.items() if k != "tasks"}
-    masks = MaskSet.from_logits(logits, hparams={**hparams, "order": "one task after another"},
-                                fingerprint=one.fingerprint)  # fmt: skip
+    masks, curves = mask_tasks(run, prefix, model, tasks, seed, config)
     mask_path = run.out / "masks" / f"{key}.safetensors"
     masks.save(mask_path)
     first = masks[masks.tasks[0]]
@@ -279,6 +262,45 @@ def train_and_mask(
         "still_moving": {t: convergence(c) for t, c in curves.items()},
     }
     return model, masks, doc
+
+
+def mask_tasks(
+    run: Run,
+    prefix: str,
+    model,
+    tasks: Mapping[str, Any],
+    seed: int,
+    config: Mapping[str, Any],
+    *,
+    steps: int | None = None,
+    lr: float | None = None,
+    label: str = "",
+) -> tuple[MaskSet, dict[str, list[list[float]]]]:
+    """One mask per task on the frozen ``model``, one task after another, each checkpointed to
+    ``{prefix}.mask{n}.pt`` with its kept-fraction curve beside it; ``config``'s mask settings, ``steps`` and
+    ``lr`` (default ``mask_steps`` and ``mask_lr``) replaced when given. Returns the :class:`MaskSet` (tasks
+    in ``tasks``' order) and the curves; progress goes to ``run.report`` with ``label`` in its info."""
+    steps = config["mask_steps"] if steps is None else steps
+    lr = config["mask_lr"] if lr is None else lr
+    logits, curves, hparams = {}, {}, {}
+    for n, (task, source) in enumerate(tasks.items()):
+        curve = _Curve(f"{prefix}.mask{n}.curve.json", steps)
+
+        def progress(name: str, done: int, total: int, info: dict, task=task, curve=curve) -> None:
+            curve(done, total, info)
+            run.report(name, done, total, {"mask": f"{label} {task}".strip(), **info})
+
+        one = train_masks(
+            model, {task: source}, cross_entropy, steps=steps, beta=config["beta"], lr=lr,
+            samples=config["samples"], batch_size=config["mask_batch"], seed=seed,
+            checkpoint=f"{prefix}.mask{n}.pt", progress=progress,
+        )  # fmt: skip
+        logits[task] = one.logits[task]
+        curves[task] = curve.series()
+        hparams = {k: v for k, v in one.hparams.items() if k != "tasks"}
+    masks = MaskSet.from_logits(logits, hparams={**hparams, "order": "one task after another"},
+                                fingerprint=one.fingerprint)  # fmt: skip
+    return masks, curves
 
 
 def task_data(config: Mapping[str, Any], make, views: Mapping[str, Any], seed: int, *, evaluation: bool):

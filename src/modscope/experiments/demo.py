@@ -9,7 +9,10 @@ and pruned to 90% sparsity (Filan et al. arXiv:2103.03386's protocol, scaled dow
   with P_specialize both ways and per-layer IoU;
 * the lenses connected (SPEC §3, :mod:`modscope.bridge`): where each mask's kept weights and units fall
   among the clusters, the agreement (ARI, NMI) of the clusters with the units each mask uses, against
-  same-size random partitions, next to the share of all kept weights inside clusters.
+  same-size random partitions, next to the share of all kept weights inside clusters;
+* sanity controls (``controls``, on by default): the same two masks trained on a random-weight copy of the
+  network and on the digits with shuffled labels, reported next to the real masks
+  (:mod:`modscope.experiments.controls`).
 
 The network is network 0 of the config's ``seed``: its training, clustering, lesion, pair and mask seeds
 are :func:`modscope.experiments.structural.network_seeds`, and both shuffle tests share the clustering
@@ -26,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from modscope.experiments.checks import NUMBER, check_fields, check_int, check_n_jobs, check_number
+from modscope.experiments.controls import check_controls_config, check_controls_unit, controls_section
 from modscope.experiments.run import Run
 from modscope.experiments.structural import check_mlp_config, lesion_section, network_seeds
 from modscope.progress import labelled
@@ -45,6 +49,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "mask_steps": 600,
         "beta": 1e-3,
         "n_jobs": 1,
+        "controls": True,
     },
 }
 
@@ -66,6 +71,7 @@ def check_config(config: Mapping[str, Any]) -> None:
     check_int(config, "mask_steps", 1)
     check_number(config, "beta", positive=False)
     check_n_jobs(config)
+    check_controls_config(config)
 
 
 def _check_clusters(doc: Mapping[str, Any]) -> None:
@@ -91,6 +97,7 @@ def _check_masks(doc: Mapping[str, Any]) -> None:
     check_fields(doc, {"table": dict, "p_specialize": pair, "iou": overlap, "iomin": overlap, "kept": dict,
                        "sizes": dict})  # fmt: skip
     MaskEvalTable.from_dict(doc["table"])
+    check_controls_unit(doc, tuple(_GROUPS), {"p_specialize": pair, "iou": overlap})
 
 
 _NETWORK = {"model": str, "trained_accuracy": (int, float), "pruned_accuracy": (int, float)}
@@ -153,7 +160,7 @@ def _lesions(run: Run, cfg: dict, partition: Any, test: tuple) -> dict:
 
 
 def _masks(run: Run, cfg: dict, train_set: tuple, test_set: tuple) -> dict:
-    from modscope.masks import evaluate_masks, iomin, iou, train_masks
+    from modscope.masks import control_masks, train_masks
 
     model, _ = _load(run)
 
@@ -162,23 +169,33 @@ def _masks(run: Run, cfg: dict, train_set: tuple, test_set: tuple) -> dict:
         keep = {name: torch.isin(y, torch.tensor(list(c))) for name, c in _GROUPS.items()}
         return {name: (x[k], y[k]) for name, k in keep.items()}
 
-    masks = train_masks(
-        model, split(train_set), F.cross_entropy, steps=cfg["mask_steps"], beta=cfg["beta"], batch_size=128,
-        seed=network_seeds(cfg["seed"], 0).masks, progress=run.report,
-    )  # fmt: skip
+    settings = {"steps": cfg["mask_steps"], "beta": cfg["beta"], "batch_size": 128,
+                "seed": network_seeds(cfg["seed"], 0).masks}  # fmt: skip
+    masks = train_masks(model, split(train_set), F.cross_entropy, progress=run.report, **settings)
     path = run.out / "masks.safetensors"
     masks.save(path)
     evals = {name: [(x, y)] for name, (x, y) in split(test_set).items()}
+    doc = {"path": run.relative(path), "sizes": masks[next(iter(_GROUPS))].sizes(),
+           **_mask_measures(model, masks, evals)}  # fmt: skip
+    if check_controls_config(cfg):
+        controls = control_masks(model, split(train_set), F.cross_entropy, progress=run.report, **settings)
+        doc["controls"] = {name: _mask_measures(c.model, c.masks, evals) for name, c in controls.items()}
+    return doc
+
+
+def _mask_measures(model: Any, masks: Any, evals: dict) -> dict:
+    """What the demo reads from a set of masks on ``model``: the evaluation table, P_specialize both ways,
+    IoU / IoMin of the two masks and the kept counts."""
+    from modscope.masks import evaluate_masks, iomin, iou
+
     tab = evaluate_masks(model, masks, evals)
     a, b = _GROUPS
     return {
-        "path": run.relative(path),
         "table": tab.to_dict(),
         "p_specialize": {f"{a}|{b}": _p_specialize(tab, a, b), f"{b}|{a}": _p_specialize(tab, b, a)},
         "iou": iou(masks[a], masks[b]).to_dict(),
         "iomin": iomin(masks[a], masks[b]).to_dict(),
         "kept": {t: masks[t].kept() for t in masks.tasks},
-        "sizes": masks[a].sizes(),
     }
 
 
@@ -318,6 +335,15 @@ def _result(run, config, net, layer, nonzero, les, masks, connected) -> RunResul
             "cluster; a mask that follows the clusters has a larger share.",
         ),
     )
+    if check_controls_config(config):
+        sections += (controls_section(
+            "Sanity controls: the digit masks where there is nothing to find", [("digits MLP", masks)],
+            tuple(_GROUPS), [f"P_specialize({ab})", f"P_specialize({ba})", f"IoU({a}, {b})"],
+            lambda d: [d["p_specialize"][ab], d["p_specialize"][ba], d["iou"]["total"]],
+            note=f"Every set of masks: {config['mask_steps']} steps, as the real ones. P_specialize with "
+            "drops from the full network the masks were trained on (undefined where it is at chance, as the "
+            "random copy is).",
+        ),)  # fmt: skip
     return RunResult(
         "demo", TITLE, run.setting, summary, claims, sections, dict(config), versions(), run.seconds(),
         {"network": net},

@@ -35,6 +35,11 @@ Per network ``i < networks`` (seed ``seed + i``; one unit of the run folder each
 
    Chance is :data:`~modscope.experiments.arithmetic.CHANCE` (both digits right by a uniform guess: 0.01).
 
+With ``controls`` (on by default) the three masks are trained again on a random-weight copy of the network
+and on the tasks with shuffled labels, analysed the same way and reported next to the real masks
+(:mod:`modscope.experiments.controls`; ``control_share`` of the mask steps at the same ``lr x steps``: a
+quarter in ``quick``).
+
 The paper finds little reuse: both measures low. Each claim holds here when its mean (the functional one
 over both directions) is below :data:`REUSED`.
 
@@ -74,6 +79,14 @@ from modscope.experiments.arithmetic import (
     train_and_mask,
 )
 from modscope.experiments.checks import NUMBER, check_sizes
+from modscope.experiments.controls import (
+    arithmetic_controls,
+    budget_note,
+    check_controls_config,
+    check_controls_unit,
+    controls_section,
+    masks_doc,
+)
 from modscope.experiments.run import Run
 from modscope.masks import Mask, MaskEvalTable, MaskSet, iomin, iou, p_reuse, relative_drop
 from modscope.models import parse_spec
@@ -114,6 +127,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "mask_lr": 0.05,
         "samples": 4,
         "mask_batch": 128,
+        "controls": True,
+        "control_share": 0.25,
     },
     "paper": {
         **AUTHORS_PROTOCOL,
@@ -126,6 +141,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "mask_lr": 1e-2,
         "samples": 4,
         "mask_batch": 128,
+        "controls": True,
+        "control_share": 1.0,
     },
 }
 
@@ -143,6 +160,7 @@ def _spec(config: Mapping[str, Any]) -> str:
 def check_config(config: Mapping[str, Any]) -> None:
     """Validate ``config`` (ValueError naming the key)."""
     check_masks_config(config)
+    check_controls_config(config)
     _spec(config)
 
 
@@ -220,9 +238,20 @@ def _unit(run: Run, config: Mapping[str, Any], i: int) -> tuple[str, dict[str, A
         evals = task_data(config, _make, {name: (p,) for name, p in PAIRS.items()}, seed, evaluation=True)
         model, masks, doc = train_and_mask(run, key, RECIPE, _spec(config), seed, config, tasks)
         doc.update(network=i, **analyze(model, masks, evals, reference=config["reference"]))
+        if check_controls_config(config):
+            controls = arithmetic_controls(run, run.checkpoint_prefix(key), model, tasks, seed, config)
+            doc["controls"] = {
+                name: masks_doc(m, analyze(net, m, evals, reference=config["reference"]))
+                for name, (net, m) in controls.items()
+            }
         return finite(doc)
 
-    return key, run.unit(key, compute, check=lambda doc: check_unit(doc, _UNIT))
+    return key, run.unit(key, compute, check=_check_unit)
+
+
+def _check_unit(doc: Mapping[str, Any]) -> None:
+    check_unit(doc, _UNIT)
+    check_controls_unit(doc, tuple(PAIRS), {"p_reuse": _UNIT["p_reuse"]})
 
 
 def reproduce(run: Run, config: dict) -> RunResult:
@@ -328,6 +357,15 @@ def _result(run: Run, config: Mapping[str, Any], units: dict[str, dict]) -> RunR
         mean_masks_section(title, docs, (one, two), accuracy),
         curves_section("Mask training: kept weights over the steps", units),
     )
+    if check_controls_config(config):
+        sections += (controls_section(
+            "Sanity controls: the pair masks where there is nothing to find",
+            [(f"FNN {d['network']}", d) for d in docs], tuple(PAIRS),
+            ["P_reuse IoU (hidden)", "d_2(¬1)", "d_1(¬2)"],
+            lambda d: [d["p_reuse"]["iou"], *(d["p_reuse"]["functional"][k] for k in ("2|1", "1|2"))],
+            note=f"{budget_note(config)} Drops from the {ref} of the same set of masks; 'undefined' where "
+            "that reference is at chance.",
+        ),)  # fmt: skip
     return RunResult(
         "double-addition", TITLE, run.setting, summary, claims, sections, dict(config), versions(),
         run.seconds(), units,

@@ -6,10 +6,19 @@ sub-task on a frozen model (any ``nn.Module``, all tasks in one vectorized loop)
 distribution (:class:`GumbelSigmoid`, :class:`HardConcrete`) and sparsity penalty (:class:`LogitPenalty`,
 :class:`ExpectedKeptPenalty`); :class:`MaskSet` holds them; :func:`masked` applies one;
 :mod:`~modscope.masks.metrics` compares them; :func:`evaluate_masks`, :func:`p_specialize` and
-:func:`p_reuse` turn them into the papers' modularity measures.
+:func:`p_reuse` turn them into the papers' modularity measures; :func:`control_masks` trains the same masks
+where there is nothing to find (a random-weight copy, shuffled labels: :mod:`~modscope.masks.controls`).
 """
 
 from modscope.masks.apply import masked, masked_call, masked_parameters
+from modscope.masks.controls import (
+    CONTROLS,
+    Control,
+    control_masks,
+    control_setups,
+    random_weight_copy,
+    shuffled_labels,
+)
 from modscope.masks.evaluate import Condition, EvalResult, MaskEvalTable, evaluate_masks
 from modscope.masks.gates import Gate, GumbelSigmoid, HardConcrete
 from modscope.masks.mask import Mask
@@ -21,7 +30,9 @@ from modscope.masks.selection import default_masked_names, select_parameters
 from modscope.masks.train import train_masks
 
 __all__ = [
+    "CONTROLS",
     "Condition",
+    "Control",
     "EvalResult",
     "ExpectedKeptPenalty",
     "Gate",
@@ -35,6 +46,8 @@ __all__ = [
     "Penalty",
     "Reuse",
     "Stability",
+    "control_masks",
+    "control_setups",
     "default_masked_names",
     "evaluate_masks",
     "iomin",
@@ -46,9 +59,11 @@ __all__ = [
     "model_fingerprint",
     "p_reuse",
     "p_specialize",
+    "random_weight_copy",
     "reference_score",
     "relative_drop",
     "select_parameters",
     "sharing",
+    "shuffled_labels",
     "train_masks",
 ]

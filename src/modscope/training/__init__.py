@@ -17,6 +17,8 @@
   ``train(..., regularizer=(penalty_fn, weight))``. :func:`weight_penalty` is the L1/L2 term.
 * :func:`save_trained` -- a modscope model file (:func:`modscope.models.save_model`) with the training
   settings and metrics in its metadata, loadable by the CLI and the structural lens.
+* :func:`train_with_snapshots` -- :func:`train` that also keeps the network (a model file) before the first
+  update, every ``every`` updates and at the end, for analyses of modularity over training.
 
 The library never prints; it logs to ``logging.getLogger("modscope.training...")``.
 """
@@ -32,6 +34,7 @@ from modscope.training.prune import PruneSchedule, layer_sparsity
 from modscope.training.regularizer import clusterability_penalty, path_flow, weight_penalty
 from modscope.training.result import EpochRecord, Evaluation, TrainResult
 from modscope.training.save import TRAINING_FORMAT, save_trained
+from modscope.training.snapshots import train_with_snapshots
 from modscope.training.state import LoopState
 from modscope.training.step import OPTIMIZERS, Regularizer, StepOutput, train_step
 
@@ -63,5 +66,6 @@ __all__ = [
     "save_trained",
     "train",
     "train_step",
+    "train_with_snapshots",
     "weight_penalty",
 ]
