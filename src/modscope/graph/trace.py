@@ -47,8 +47,9 @@ head are kept (``include_inputs`` / ``include_outputs``). Without adds the two r
 never counts a weight twice. The default, ``"auto"``, is the papers' choice for each kind of network:
 ``"filan"`` (Filan et al.'s, for ResNets), and ``"merge"`` for a model with attention, where every layer
 reads from and writes to one residual stream (Elhage et al., "A Mathematical Framework for Transformer
-Circuits", 2021) and the copies would grow with the square of the depth (MiniLM, 6 layers: about 5x the
-edges).
+Circuits", 2021) and the copies would grow with the square of the depth (each layer would read a copy of
+every block written before it; a post-norm transformer, whose norm follows each add, is refused under
+``"filan"``: its scale cannot be put on the copies).
 """
 
 from __future__ import annotations
