@@ -27,6 +27,7 @@ EXPERIMENTS: dict[str, str] = {
     "addmul": "modscope.experiments.addmul",
     "double-addition": "modscope.experiments.double_addition",
     "demo": "modscope.experiments.demo",
+    "planted": "modscope.experiments.planted",
 }
 
 
