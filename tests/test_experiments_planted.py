@@ -139,7 +139,7 @@ def test_tiny_run_has_the_curves_and_the_known_answer(tiny, one_thread):
     assert [s["title"] for s in lines] == [f"{n}: {lens} lens" for n in ("MLP", "LSTM")
                                            for lens in ("structural", "functional", "connected")]  # fmt: skip
     assert all(s["bands"] for s in lines if s["title"].endswith("structural lens"))
-    assert len(loaded.summary["rows"]) == 2 * 6 and loaded.summary["columns"][-2:] == ["c = 0", "c = 1"]
+    assert len(loaded.summary["rows"]) == 2 * 7 and loaded.summary["columns"][-2:] == ["c = 0", "c = 1"]
     assert len(loaded.units) == 2 * 2 * 2
     for family in TINY["networks"]:
         for r in range(2):

@@ -19,7 +19,8 @@ train_masks`), scored by
   unit, or "shared") against the planted modules, over the units some mask uses.
 
 Connected (:func:`modscope.bridge.bridge`): ``ari_bridge``, the ARI of the clusters against the masks' unit
-assignment (the bridge's own rule: units used by exactly one task); no null is drawn here.
+assignment (the bridge's own rule: over the units used by exactly one task; no null is drawn here), and
+``one_task``, the share of the used units that exactly one task uses -- the units that ARI stands on.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ __all__ = ["SCORES", "measure"]
 SCORES = {
     "structural": ("ari", "ncut"),
     "functional": ("iou", "inside", "p_specialize", "ari_units"),
-    "connected": ("ari_bridge",),
+    "connected": ("ari_bridge", "one_task"),
 }
 
 
@@ -111,7 +112,8 @@ def measure(
     lenses = bridge(graph, partition, masks, n_null=0, seed=derive(seed, "cluster"), model=net)
     return {
         "family": family, "c": float(c), "accuracy": accuracy, "structural": structural,
-        "functional": functional, "connected": {"ari_bridge": _finite(lenses.ari)},
+        "functional": functional,
+        "connected": {"ari_bridge": _finite(lenses.ari), "one_task": _share(lenses.units)},
     }  # fmt: skip
 
 
@@ -123,6 +125,11 @@ def _p_specialize(table: Any, chance: float) -> float | None:
     except ValueError:  # the full network at chance on a task: the relative drops are undefined
         return None
     return sum(both) / 2
+
+
+def _share(units: Mapping[str, int]) -> float | None:
+    used = units["one task"] + units["shared"]
+    return units["one task"] / used if used else None
 
 
 def _finite(v: float) -> float | None:
