@@ -19,18 +19,20 @@ over no units) are left out. Replicate ``r`` of a network uses the seeds ``deriv
 r)`` at every ``c``, so a curve compares the same initialization and data across cross-talk.
 
 Settings: ``quick`` (MLP and CNN, c in {0, 0.25, 0.5, 1}, 3 replicates, 16 units per module, 400
-training and 400 mask steps: 98 s on a shared 2-core VM); ``paper`` (all four networks, 6 values of c, 10
-replicates, 32 units per module, 1600 steps each: 240 units, about 2.6 h on the same VM, from one unit per
-network at c = 0.5 -- MLP 11 s, CNN 39 s, LSTM 46 s, transformer 62 s). Any subset:
-``--set networks='["mlp","lstm"]'``.
+training and 400 mask steps: about 2 min, 98-121 s on a shared 2-core VM; the LSTM alone adds 77 s);
+``paper`` (all four networks, 6 values of c, 10 replicates, 32 units per module, 1600 steps each: 240
+units, about 2.6 h on the same VM, from one unit per network at c = 0.5 -- MLP 11 s, CNN 39 s, LSTM 46 s,
+transformer 62 s). Any subset: ``--set networks='["mlp","lstm"]'``.
 
 What the quick setting shows: the structural lens recovers the modules exactly up to c = 0.25 and nearly
 at 0.5 (ARI 0.95-1), and not at all in a dense network (c = 1, ARI about 0); the masks stay inside their
 module at c = 0 (share 1.00, unit ARI 1.00) and leave it progressively as c grows (unit ARI about 0.65 at
-0.25, 0.2 at 0.5). P_specialize stays near 0.9 at every c: a dense network's masks specialize too, so
-P_specialize says that the tasks use separable weights, not that those are the planted modules. IoU is
-bounded by the mask's sparsity (a mask keeps a fraction of its module); the share inside the module is
-the cleaner recovery score.
+0.25, 0.2 at 0.5; the LSTM's masks hold on longer: 0.92 at 0.25, 0.35 at 0.5). The bridge's ARI
+stands on the units one task alone uses, fewer as c grows (their share of the used units: 1 at c = 0,
+0.14-0.26 at c = 1), so there it says little. P_specialize stays near 0.9 at every c: a dense network's
+masks specialize too, so P_specialize says that the tasks use separable weights, not that those are the
+planted modules. IoU is bounded by the mask's sparsity (a mask keeps a fraction of its module); the share
+inside the module is the cleaner recovery score.
 """
 
 from __future__ import annotations
