@@ -4,7 +4,8 @@ Inputs are standard normal, shaped as :func:`~modscope.experiments.planted_nets.
 the first ``m`` input features (channels for the CNN) and writes the first ``C`` outputs, task B the other
 ``m`` features and the other ``C`` outputs. The labels come from a *teacher*: a random network of the same
 family with the planted modules and no cross weight (``c = 0``), so task A's label depends on A's inputs
-only and the student's architecture can express the rule exactly. Each task's label is the argmax of the
+only (the transformer's LayerNorm excepted, :mod:`~modscope.experiments.planted_nets`) and the student's
+architecture can express the rule exactly. Each task's label is the argmax of the
 teacher's ``C`` logits after subtracting their mean over the drawn examples, which keeps the classes
 roughly balanced (chance ``1 / C``). Nothing is downloaded; everything follows from the seed.
 
