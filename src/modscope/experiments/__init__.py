@@ -28,6 +28,7 @@ EXPERIMENTS: dict[str, str] = {
     "double-addition": "modscope.experiments.double_addition",
     "demo": "modscope.experiments.demo",
     "training-dynamics": "modscope.experiments.training_dynamics",
+    "planted": "modscope.experiments.planted",
 }
 
 

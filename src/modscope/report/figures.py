@@ -176,14 +176,20 @@ def overlap_bars(
 
 
 def line_plot(
-    series: Mapping[str, Sequence[Sequence[float]]], xlabel: str, ylabel: str, xscale: str = "linear"
+    series: Mapping[str, Sequence[Sequence[float]]], xlabel: str, ylabel: str, xscale: str = "linear",
+    bands: Mapping[str, Sequence[Sequence[float]]] | None = None,
 ) -> Figure:
-    """One line with markers per series of ``[x, y]`` points; the legend beside the axes."""
+    """One line with markers per series of ``[x, y]`` points, ``bands[name]`` (``[x, low, high]``) shaded
+    around the series of that name in its colour; the legend beside the axes."""
     fig = new_figure(7.2, 3.2)
     ax = fig.add_subplot()
     for name, points in series.items():
         xs, ys = zip(*points, strict=True)
-        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, linewidth=1.2, label=name)
+        marker = "o" if len(xs) < 30 else None
+        (line,) = ax.plot(xs, ys, marker=marker, markersize=3, linewidth=1.2, label=name)
+        if (bands or {}).get(name):
+            bx, lo, hi = zip(*bands[name], strict=True)
+            ax.fill_between(bx, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_xscale(xscale)
     xs = sorted({x for points in series.values() for x, _ in points})
     if xscale == "log" and len(xs) <= 10:  # a few widths: label them, not powers of ten

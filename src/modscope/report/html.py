@@ -404,7 +404,8 @@ def _lines(section: Mapping[str, Any]) -> str:
     if not series:
         out = _notice("No points were recorded.")
     else:
-        fig = figures.line_plot(series, section["xlabel"], section["ylabel"], section.get("xscale", "linear"))
+        fig = figures.line_plot(series, section["xlabel"], section["ylabel"], section.get("xscale", "linear"),
+                                section.get("bands"))
         out = _figure(fig, alt=str(section["title"]))
     if section.get("note"):
         out += f'<p class="note">{escape(str(section["note"]))}</p>'

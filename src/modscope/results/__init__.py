@@ -17,7 +17,9 @@ same way on both sides. Each section is a plain JSON object whose ``kind`` says 
     kept-weight bars per task, IoU/IoMin bars for ``pair``, and the accuracy table (a ``"table"`` object).
 ``"lines"`` (:func:`lines_section`)
     ``{"kind", "title", "xlabel": str, "ylabel": str, "series": {name: [[x, y], ...]}, "xscale"?: "linear" |
-    "log", "note"?}``: one line per series (mask kept-weight curves, sharing against network size).
+    "log", "note"?, "bands"?: {name: [[x, low, high], ...]}}``: one line per series (mask kept-weight
+    curves, sharing against network size, recovery against cross-talk), a band shading an interval around
+    the series of its name (a confidence interval).
 ``"lesions"`` (:func:`lesions_section`)
     ``{"kind", "title", "classes": [str], "modules": [{"name", "label", "p_important", "damage",
     "class_damage": [float]}], "pairs"?: [{"a", "b", "interaction", "p"}]}``: a heat map of per-class

@@ -62,11 +62,14 @@ def masks_section(
 
 def lines_section(
     title: str, *, xlabel: str, ylabel: str, series: Mapping[str, Sequence[Sequence[float]]],
-    xscale: str = "linear", note: str = "",
+    xscale: str = "linear", note: str = "", bands: Mapping[str, Sequence[Sequence[float]]] | None = None,
 ) -> dict:  # fmt: skip
-    """A ``"lines"`` section: one line per ``series`` of ``[x, y]`` points; ``xscale`` linear or log."""
+    """A ``"lines"`` section: one line per ``series`` of ``[x, y]`` points; ``xscale`` linear or log;
+    ``bands`` (optional) shade an interval around a series: ``name -> [[x, low, high], ...]``."""
     doc = {"kind": "lines", "title": title, "xlabel": xlabel, "ylabel": ylabel,
            "series": {str(n): [_list(p) for p in _list(pts)] for n, pts in series.items()}}  # fmt: skip
+    if bands:
+        doc["bands"] = {str(n): [_list(p) for p in _list(pts)] for n, pts in bands.items() if pts}
     if xscale != "linear":
         doc["xscale"] = xscale
     if note:
@@ -197,6 +200,16 @@ def _check_lines(section: Mapping[str, Any]) -> None:
             is_list(p) and len(p) == 2 and all(is_number(v) for v in p) for p in points
         ):
             _fail(section, f"series {name!r} must be a list of [x, y] number pairs")
+    bands = section.get("bands", {})
+    if not isinstance(bands, Mapping):
+        _fail(section, "'bands' must map series names to their [[x, low, high], ...] intervals")
+    for name, points in bands.items():
+        if name not in section["series"]:
+            _fail(section, f"band {name!r} names no series; series are {list(section['series'])}")
+        if not is_list(points) or not all(
+            is_list(p) and len(p) == 3 and all(is_number(v) for v in p) and p[1] <= p[2] for p in points
+        ):
+            _fail(section, f"band {name!r} must be a list of [x, low, high] numbers with low <= high")
     if section.get("xscale", "linear") not in ("linear", "log"):
         _fail(section, f"'xscale' must be 'linear' or 'log', got {section.get('xscale')!r}")
 
