@@ -212,15 +212,19 @@ def test_demo_end_to_end_resumes_and_reports(tmp_path, one_thread, capsys):
     result = RunResult.load(tmp_path / "results.json")
     assert result.setting == "custom" and result.config["epochs"] == 15
     kinds = [s["kind"] for s in result.sections]
-    assert kinds == ["clusterability", "lesions", "masks", "bridge", "table"]
-    controls = result.sections[-1]  # the real masks next to the sanity controls
+    assert kinds == ["clusterability", "lesions", "masks", "bridge", "table", "table"]
+    controls = result.sections[-2]  # the real masks next to the sanity controls
     assert [r[1] for r in controls["rows"]] == ["real network", "random weights", "shuffled labels"]
+    # the positive control: both lenses find the two planted modules (a known answer)
+    planted = result.sections[-1]
+    assert planted["rows"][0][2] == 1.0 and planted["rows"][1][2] >= 0.95
+    assert result.claims[-1]["paper"] == "modscope (positive control)" and result.claims[-1]["agrees"]
     cl = result.sections[0]
     assert len(cl["labels"]) == 64 + 24 + 24 + 10 and len(cl["nulls"]["layer"]) == 3
     assert (tmp_path / cl["model"]).is_file() and (tmp_path / "report.html").is_file()
     # The summary's numbers are the units' numbers.
     units = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "units").glob("*.json")}
-    assert set(units) == {"network", "clusters", "lesions", "masks"}
+    assert set(units) == {"network", "clusters", "lesions", "masks", "planted"}
     assert result.summary["rows"][1][2] == units["clusters"]["layer"]["ncut"]
     # Run again: everything is read back, and the same numbers come out.
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "units").glob("*.json")}
