@@ -7,6 +7,7 @@ from torch import nn
 
 from modscope.masks import (
     ExpectedKeptPenalty,
+    HardConcrete,
     LogitPenalty,
     MaskedModel,
     MaskSet,
@@ -305,3 +306,64 @@ def test_structured_train_masks_is_deterministic_and_saves(tmp_path):
     one.save(tmp_path / "m.safetensors")
     back = MaskSet.load(tmp_path / "m.safetensors", model=net)
     assert back == one and back.hparams["granularity"] == "unit"
+
+
+def test_hugging_face_bert_heads_and_keyword_inputs():
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed")
+    config = transformers.BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=12, max_position_embeddings=16)  # fmt: skip
+    torch.manual_seed(0)
+    bert = transformers.BertModel(config, add_pooling_layer=False).eval()
+    g = groupings(bert, "head", fallback="unit")
+    assert g.n_groups == 2 * (2 + 12 + 8) and g.sizes()[:2].tolist() == [3 * 4 * 8 + 8 * 4] * 2
+    assert g.implied == {f"encoder.layer.{i}.attention.output.dense.weight" for i in (0, 1)}
+    before = _state(bert)
+    mm = MaskedModel(bert, granularity="head", fallback="unit", beta=1e-3, samples=2, init=0.0)
+    inputs = {"input_ids": torch.randint(0, 30, (4, 5)), "attention_mask": torch.ones(4, 5, dtype=torch.long)}
+    out = mm(**inputs).last_hidden_state
+    assert out.shape == (4, 5, 8)
+    out[..., 0].sum().backward()
+    assert mm.logits.grad.abs().sum() > 0
+    with torch.no_grad():
+        mm.logits.fill_(5.0)
+    assert torch.equal(mm.eval()(**inputs).last_hidden_state, bert(**inputs).last_hidden_state)
+    assert _same_state(before, _state(bert))
+
+
+class _LastStep(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.head = nn.LSTM(3, 4, batch_first=True), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0][:, -1])
+
+
+@pytest.mark.parametrize("gate", [None, HardConcrete()])
+def test_structured_masks_keep_or_drop_whole_groups(gate):
+    net = _LastStep()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 5, 3, generator=g)
+    tasks = {"a": (x, torch.randn(32, 2, generator=g)), "b": (x, torch.randn(32, 2, generator=g))}
+    masks = train_masks(net, tasks, nan_mse, steps=10, beta=0.0, lr=0.05, init=0.0, batch_size=8,
+                        granularity="unit", gate=gate)  # fmt: skip
+    assert masks.hparams["method"] == "loop"
+    grouping = groupings(net, "unit")
+    for t in ("a", "b"):
+        kept = grouping.kept_groups(masks[t])
+        for n, ids in grouping.ids.items():  # every entry of a group agrees with its group
+            assert torch.equal(masks[t][n], kept[ids])
+        assert 0 < int(kept.sum()) < grouping.n_groups  # some groups went, so the test could fail
+
+
+def test_structured_checkpoint_resumes_to_the_uninterrupted_run(tmp_path):
+    net = planted_mlp()
+    tasks = planted_tasks(net, (8,), 4)
+    run = {"steps": 12, "beta": 1e-3, "lr": 0.05, "batch_size": 16, "granularity": "unit"}
+    whole = train_masks(net, tasks, nan_mse, **run)
+    path = tmp_path / "ckpt.pt"
+    train_masks(net, tasks, nan_mse, **{**run, "steps": 5}, checkpoint=path, checkpoint_every=5)
+    resumed = train_masks(net, tasks, nan_mse, **run, checkpoint=path)
+    assert all(torch.equal(whole.logits[t][n], resumed.logits[t][n]) for t in "ab" for n in whole.param_names)
+    with pytest.raises(ValueError):  # another granularity is another run
+        train_masks(net, tasks, nan_mse, **{**run, "granularity": "weight"}, checkpoint=path)
