@@ -367,3 +367,37 @@ def test_structured_checkpoint_resumes_to_the_uninterrupted_run(tmp_path):
     assert all(torch.equal(whole.logits[t][n], resumed.logits[t][n]) for t in "ab" for n in whole.param_names)
     with pytest.raises(ValueError):  # another granularity is another run
         train_masks(net, tasks, nan_mse, **{**run, "granularity": "weight"}, checkpoint=path)
+
+
+class _QKV(nn.Module):
+    """The q_proj/k_proj/v_proj/o_proj layout (LLaMA, OPT): heads from ``num_heads``."""
+
+    def __init__(self, d=8, heads=2, kv=8):
+        super().__init__()
+        self.q_proj, self.k_proj, self.v_proj = nn.Linear(d, d), nn.Linear(d, kv), nn.Linear(d, kv)
+        self.o_proj, self.num_heads = nn.Linear(d, d), heads
+
+
+def test_grouping_q_proj_layout_and_grouped_query_attention():
+    model = nn.Module()
+    model.self_attn = _QKV()
+    g = groupings(model, "head")
+    assert g.n_groups == 2 and g.sizes().tolist() == [3 * 4 * 8 + 8 * 4] * 2
+    assert g.ids["self_attn.o_proj.weight"][0].tolist() == [0] * 4 + [1] * 4
+    assert g.implied == {"self_attn.o_proj.weight"}
+    model.self_attn = _QKV(kv=4)
+    with pytest.raises(ValueError, match="grouped-query attention"):
+        groupings(model, "head")
+
+
+def test_masked_model_one_sample_per_example_group_in_every_layer():
+    net = planted_mlp()
+    x = torch.randn(1, 8, generator=torch.Generator().manual_seed(0)).expand(12, 8)  # one example, 12 times
+    outs = {}
+    for method in ("vmap", "loop"):
+        mm = MaskedModel(net, granularity="unit", init=0.0, beta=0.0, samples=3, seed=1, method=method)
+        outs[method] = mm(x).detach()
+    assert torch.allclose(outs["vmap"], outs["loop"])
+    groups = outs["loop"].reshape(3, 4, -1)
+    assert all(torch.equal(grp, grp[:1].expand_as(grp)) for grp in groups)  # a group shares its sample
+    assert not torch.equal(groups[0], groups[1]) and not torch.equal(groups[1], groups[2])

@@ -17,7 +17,8 @@ its query/key/value rows *and* its columns of the output projection; an LSTM uni
   ``q/k/v_proj_weight``) and its columns of ``out_proj.weight``; for a Hugging Face BERT-style
   self-attention (a module with ``Linear`` children ``query``/``key``/``value``, heads from its
   ``num_attention_heads`` or ``model.config``), head ``h``'s rows of query/key/value and its columns of the
-  sibling ``output.dense`` (the layout :mod:`modscope.graph.views` reads).
+  sibling ``output.dense`` (the layout :mod:`modscope.graph.views` reads); likewise ``q_proj/k_proj/v_proj``
+  with ``o_proj``/``out_proj`` (LLaMA, OPT, BART; grouped-query attention has no head partition: an error).
 
 A head's output-projection columns are in its group (the read-out, the :class:`~modscope.masks.MaskSet`)
 but *implied* (:attr:`Grouping.implied`): the sampler leaves them as they are, since with the head's value
@@ -32,12 +33,13 @@ channel, ``fallback="weight"`` for anything).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from modscope.masks.grouping_rules import OUTPUTS, RULES, Ids
 from modscope.masks.layout import to_flat
 from modscope.masks.mask import Mask
 from modscope.masks.selection import select_parameters
@@ -46,8 +48,6 @@ __all__ = ["GRANULARITIES", "Grouping", "groupings"]
 
 GRANULARITIES = ("weight", "unit", "channel", "head")
 
-_MHA_IN = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
-_OUTPUTS = ("out_proj.weight", "output.dense.weight")  # of a head's own attention module (the rule's names)
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,124 +90,6 @@ class Grouping:
 
     def config(self) -> dict[str, object]:
         return {"granularity": self.granularity, "groups": self.n_groups}
-
-
-class _Ids:
-    """Allocates consecutive group ids while the rules walk the model."""
-
-    def __init__(self) -> None:
-        self.next = 0
-
-    def take(self, n: int) -> int:
-        base, self.next = self.next, self.next + n
-        return base
-
-
-Rule = Callable[[nn.Module, set[str], _Ids], dict[str, Tensor]]
-
-
-def _weight_rule(model: nn.Module, wanted: set[str], ids: _Ids) -> dict[str, Tensor]:
-    params = dict(model.named_parameters())
-    out = {}
-    for n in [n for n in params if n in wanted]:
-        p = params[n]
-        out[n] = torch.arange(p.numel()).reshape(p.shape) + ids.take(p.numel())
-    return out
-
-
-def _rows(shape: torch.Size, row_ids: Tensor) -> Tensor:
-    return row_ids.reshape(-1, *([1] * (len(shape) - 1))).expand(shape).clone()
-
-
-def _unit_rule(model: nn.Module, wanted: set[str], ids: _Ids) -> dict[str, Tensor]:
-    out: dict[str, Tensor] = {}
-    for prefix, m in model.named_modules():
-        dot = f"{prefix}." if prefix else ""
-        locals_ = {f"{dot}{k}": p for k, p in m.named_parameters(recurse=False) if f"{dot}{k}" in wanted}
-        if isinstance(m, nn.Linear) and f"{dot}weight" in locals_:
-            w = locals_[f"{dot}weight"]
-            out[f"{dot}weight"] = _rows(w.shape, torch.arange(w.shape[0]) + ids.take(w.shape[0]))
-        elif isinstance(m, nn.MultiheadAttention):
-            for n in (f"{dot}{k}" for k in _MHA_IN):
-                if n in locals_:
-                    rows = locals_[n].shape[0]
-                    out[n] = _rows(locals_[n].shape, torch.arange(rows) + ids.take(rows))
-        elif isinstance(m, nn.RNNBase):
-            hidden, bases = m.hidden_size, {}
-            for n, w in locals_.items():
-                local = n[len(dot) :]
-                if not local.startswith(("weight_ih_l", "weight_hh_l")):
-                    continue
-                layer = local[len("weight_ih_") :]  # "l0", "l1_reverse": one unit set per layer and direction
-                if layer not in bases:
-                    bases[layer] = ids.take(hidden)
-                out[n] = _rows(w.shape, torch.arange(w.shape[0]) % hidden + bases[layer])
-    return out
-
-
-def _channel_rule(model: nn.Module, wanted: set[str], ids: _Ids) -> dict[str, Tensor]:
-    out: dict[str, Tensor] = {}
-    for prefix, m in model.named_modules():
-        n = f"{prefix}.weight" if prefix else "weight"
-        if not (isinstance(m, nn.modules.conv._ConvNd) and n in wanted):
-            continue
-        w = m.weight
-        base = ids.take(m.out_channels)
-        if m.transposed:  # (in, out / groups, *k): input channel i feeds the outputs of its group
-            per_in, per_out = m.in_channels // m.groups, m.out_channels // m.groups
-            channel = (torch.arange(w.shape[0]) // per_in)[:, None] * per_out + torch.arange(w.shape[1])
-            out[n] = channel.reshape(*channel.shape, *([1] * (w.ndim - 2))).expand(w.shape).clone() + base
-        else:
-            out[n] = _rows(w.shape, torch.arange(w.shape[0]) + base)
-    return out
-
-
-def _heads_of(model: nn.Module, m: nn.Module, prefix: str) -> int:
-    heads = getattr(m, "num_attention_heads", None) or getattr(getattr(model, "config", None),
-                                                               "num_attention_heads", None)  # fmt: skip
-    if not isinstance(heads, int) or heads <= 0 or m.query.out_features % heads:
-        raise ValueError(f"{prefix!r}: the number of attention heads could not be read (got {heads!r})")
-    return heads
-
-
-def _head_rule(model: nn.Module, wanted: set[str], ids: _Ids) -> dict[str, Tensor]:
-    out: dict[str, Tensor] = {}
-    for prefix, m in model.named_modules():
-        dot = f"{prefix}." if prefix else ""
-        if isinstance(m, nn.MultiheadAttention):
-            heads, e = m.num_heads, m.embed_dim
-            head = torch.arange(e) // m.head_dim
-            targets = [n for n in (f"{dot}{k}" for k in (*_MHA_IN, "out_proj.weight")) if n in wanted]
-            if not targets:
-                continue
-            base, params = ids.take(heads), dict(model.named_parameters())
-            for n in targets:
-                w = params[n]
-                if n.endswith("out_proj.weight"):
-                    out[n] = head.expand(w.shape).clone() + base
-                else:  # in_proj rows are q, k, v stacked, each e rows in head order
-                    out[n] = _rows(w.shape, head.repeat(w.shape[0] // e) + base)
-        elif all(isinstance(getattr(m, k, None), nn.Linear) for k in ("query", "key", "value")):
-            names = [f"{dot}{k}.weight" for k in ("query", "key", "value")]
-            parent = prefix.rsplit(".", 1)[0] if "." in prefix else ""
-            dense = f"{parent}.output.dense.weight" if parent else "output.dense.weight"
-            targets = [n for n in names if n in wanted] + ([dense] if dense in wanted else [])
-            if not targets:
-                continue
-            heads = _heads_of(model, m, prefix)
-            base, params = ids.take(heads), dict(model.named_parameters())
-            for n in targets:
-                w = params[n]
-                if n == dense:
-                    column = torch.arange(w.shape[1]) // (w.shape[1] // heads)
-                    out[n] = column.expand(w.shape).clone() + base
-                else:
-                    out[n] = _rows(w.shape, torch.arange(w.shape[0]) // (w.shape[0] // heads) + base)
-    return out
-
-
-_RULES: dict[str, Rule] = {"weight": _weight_rule, "unit": _unit_rule, "channel": _channel_rule,
-                           "head": _head_rule}  # fmt: skip
 
 
 def _custom(model: nn.Module, given: Mapping[str, Tensor]) -> Grouping:
@@ -273,11 +155,11 @@ def groupings(
     unknown = sorted(wanted - set(params))
     if unknown:
         raise ValueError(f"names: parameters {unknown[:5]} are not in {type(model).__name__}")
-    counter = _Ids()
-    ids = _RULES[granularity](model, wanted, counter)
+    counter = Ids()
+    ids = RULES[granularity](model, wanted, counter)
     rest = wanted - set(ids)
     if rest and fallback is not None:
-        ids.update(_RULES[fallback](model, rest, counter))
+        ids.update(RULES[fallback](model, rest, counter))
         rest = wanted - set(ids)
     if rest:
         left = [n for n in params if n in rest]
@@ -290,6 +172,6 @@ def groupings(
 
 def _implied(ids: Mapping[str, Tensor]) -> frozenset[str]:
     """The output projections whose heads are all gated by their query/key/value rows (module docstring)."""
-    outputs = [n for n in ids if n.endswith(_OUTPUTS)]
+    outputs = [n for n in ids if n.endswith(OUTPUTS)]
     gated = set(torch.cat([ids[n].reshape(-1) for n in ids if n not in outputs] or [torch.zeros(0)]).tolist())
     return frozenset(n for n in outputs if set(ids[n].unique().tolist()) <= gated)
