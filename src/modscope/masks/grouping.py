@@ -44,7 +44,7 @@ from modscope.masks.layout import to_flat
 from modscope.masks.mask import Mask
 from modscope.masks.selection import select_parameters
 
-__all__ = ["GRANULARITIES", "Grouping", "groupings"]
+__all__ = ["GRANULARITIES", "Grouping", "groupings", "masked_names"]
 
 GRANULARITIES = ("weight", "unit", "channel", "head")
 
@@ -149,12 +149,7 @@ def groupings(
     if fallback is not None and fallback not in GRANULARITIES:
         raise ValueError(f"fallback must be None or one of {GRANULARITIES}, got {fallback!r}")
     params = dict(model.named_parameters())
-    if names is None:
-        names = select_parameters(model)
-    wanted = set(names)
-    unknown = sorted(wanted - set(params))
-    if unknown:
-        raise ValueError(f"names: parameters {unknown[:5]} are not in {type(model).__name__}")
+    wanted = set(masked_names(model, names))
     counter = Ids()
     ids = RULES[granularity](model, wanted, counter)
     rest = wanted - set(ids)
@@ -168,6 +163,17 @@ def groupings(
             + (f" (nor fallback={fallback!r})" if fallback else "; pass fallback='weight' or 'unit' for them")
         )
     return Grouping(granularity, {n: ids[n] for n in params if n in wanted}, counter.next, _implied(ids))
+
+
+def masked_names(model: nn.Module, names: Iterable[str] | None = None) -> tuple[str, ...]:
+    """``names`` (default :func:`~modscope.masks.select_parameters`) in the model's parameter order;
+    ValueError naming any that ``model`` lacks."""
+    params = dict(model.named_parameters())
+    wanted = set(select_parameters(model) if names is None else names)
+    unknown = sorted(wanted - set(params))
+    if unknown:
+        raise ValueError(f"names: parameters {unknown[:5]} are not in {type(model).__name__}")
+    return tuple(n for n in params if n in wanted)
 
 
 def _implied(ids: Mapping[str, Tensor]) -> frozenset[str]:

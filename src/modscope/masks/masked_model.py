@@ -24,7 +24,7 @@ from modscope.masks.forward import grouped_forward, vmap_supported
 from modscope.masks.frozen import frozen
 from modscope.masks.gates import Gate, GumbelSigmoid
 from modscope.masks.grouped import GroupedGate, GroupedPenalty
-from modscope.masks.grouping import groupings
+from modscope.masks.grouping import groupings, masked_names
 from modscope.masks.layout import from_flat, to_flat
 from modscope.masks.maskset import MaskSet, model_fingerprint
 from modscope.masks.penalty import LogitPenalty, Penalty
@@ -103,9 +103,11 @@ class MaskedModel(nn.Module):
             raise TypeError(f"gate must be a modscope.masks.Gate, got {gate!r}")
         gate = GumbelSigmoid() if gate is None else gate
         object.__setattr__(self, "model", model)  # not a submodule: its parameters are not ours
-        self.grouping = groupings(model, granularity, names=names, fallback=fallback)
+        # per weight, no group ids are built (int64 per weight): the logits are the weights' own
+        self.grouping = None if granularity == "weight" else groupings(model, granularity, names=names,
+                                                                      fallback=fallback)  # fmt: skip
         params = dict(model.named_parameters())
-        self.names = self.grouping.names
+        self.names = masked_names(model, names) if self.grouping is None else self.grouping.names
         self.shapes = tuple(tuple(params[n].shape) for n in self.names)
         self._weight = torch.cat([to_flat(params[n].detach(), s) for n, s in zip(self.names, self.shapes)])
         if not self._weight.is_floating_point():
@@ -113,13 +115,14 @@ class MaskedModel(nn.Module):
         self._finite = bool(torch.isfinite(self._weight).all())
         device, dtype = self._weight.device, self._weight.dtype
         # "weight" keeps the fused per-weight sampler on flat-layout logits; groups expand by index
-        self._index = None if self.grouping.granularity == "weight" else self.grouping.flat_index().to(device)
-        if self._index is not None:
+        self._index = None if self.grouping is None else self.grouping.flat_index().to(device)
+        if self.grouping is not None:
             implied = tuple(n in self.grouping.implied for n in self.names)
             gate = GroupedGate(gate, self._index, self.grouping.sizes().to(device), implied)
             penalty = GroupedPenalty(penalty, self._index)
         self.gate, self.penalty_fn, self.tasks, self.samples = gate, penalty, tasks, samples
-        self.settings = {"samples": samples, "init": float(init), "seed": seed, **self.grouping.config(),
+        grouping = {"granularity": "weight"} if self.grouping is None else self.grouping.config()
+        self.settings = {"samples": samples, "init": float(init), "seed": seed, **grouping,
                          "fallback": fallback, **gate.config(), **penalty.config()}  # fmt: skip
         n = self._weight.numel() if self._index is None else self.grouping.n_groups
         self.logits = nn.Parameter(torch.full((len(tasks), n), float(init), dtype=dtype, device=device))

@@ -134,8 +134,10 @@ def train_masks(
     if isinstance(granularity, Mapping) and include is not None:
         raise ValueError("give include or a mapping as granularity, not both")
     selected = None if isinstance(granularity, Mapping) else select_parameters(model, include)
-    grouping = groupings(model, granularity, names=selected, fallback=fallback)
-    names = grouping.names
+    # per weight, no group ids are built (an int64 per weight): the logits are the weights' own
+    grouping = None if granularity == "weight" else groupings(model, granularity, names=selected,
+                                                              fallback=fallback)  # fmt: skip
+    names = selected if grouping is None else grouping.names
     params = dict(model.named_parameters())
     shapes = tuple(tuple(params[n].shape) for n in names)
     sizes = [params[n].numel() for n in names]
@@ -162,8 +164,8 @@ def train_masks(
         **gate.config(),
     }
     # one logit per group, expanded by index (grouped.py); "weight" keeps the fused per-weight path
-    index = None if grouping.granularity == "weight" else grouping.flat_index().to(device)
-    if index is not None:
+    index = None if grouping is None else grouping.flat_index().to(device)
+    if grouping is not None:
         config.update(grouping.config(), fallback=fallback)
         implied = tuple(n in grouping.implied for n in names)
         gate = GroupedGate(gate, index, grouping.sizes().to(device), implied)
@@ -173,7 +175,7 @@ def train_masks(
 
     generators = [torch.Generator().manual_seed(derive(seed, t)) for t in task_names]
     streams = [TaskBatches(t, tasks[t], batch_size, g) for t, g in zip(task_names, generators, strict=True)]
-    n_logits = weight.numel() if index is None else grouping.n_groups
+    n_logits = weight.numel() if grouping is None else grouping.n_groups
     logits = torch.full((len(task_names), n_logits), float(init), dtype=dtype, device=device,
                         requires_grad=True)  # fmt: skip
     try:  # one fused kernel instead of about ten passes over the logits (the same update, elementwise)
