@@ -25,6 +25,8 @@ from modscope.masks.checks import check_mask_arguments
 from modscope.masks.forward import vmap_supported
 from modscope.masks.frozen import frozen
 from modscope.masks.gates import Gate, GumbelSigmoid
+from modscope.masks.grouped import GroupedGate, GroupedPenalty
+from modscope.masks.grouping import groupings
 from modscope.masks.maskset import MaskSet, model_fingerprint
 from modscope.masks.penalty import LogitPenalty, Penalty
 from modscope.masks.sampling import from_flat, to_flat
@@ -62,6 +64,8 @@ def train_masks(
     method: Literal["auto", "vmap", "loop"] = "auto",
     gate: Gate | None = None,
     penalty: Penalty | None = None,
+    granularity: str | Mapping[str, Tensor] = "weight",
+    fallback: str | None = None,
 ) -> MaskSet:
     """Learn one binary weight mask per sub-task on a frozen ``model``, all tasks in one vectorized loop.
 
@@ -103,6 +107,12 @@ def train_masks(
         gate: the gate distribution (:mod:`modscope.masks.gates`; default
             :class:`~modscope.masks.gates.GumbelSigmoid`).
         penalty: the sparsity penalty (:mod:`modscope.masks.penalty`; default ``LogitPenalty(beta)``).
+        granularity: ``"weight"`` (default), ``"unit"``, ``"channel"``, ``"head"`` or a mapping
+            ``param -> group ids`` (:func:`~modscope.masks.grouping.groupings`): one logit per group, sampled
+            per group by ``gate`` and expanded to its weights; the penalty is that of the expanded logits, so
+            ``beta`` means the same at every granularity (:mod:`modscope.masks.grouped`). A mapping's keys are
+            the masked parameters (``include`` must then be None).
+        fallback: the granularity of parameters ``granularity`` has no rule for (default: an error).
 
     Returns:
         A :class:`~modscope.masks.maskset.MaskSet` of the final logits (mask = ``logit > 0``); its
@@ -121,7 +131,13 @@ def train_masks(
         check_writable(checkpoint, name="checkpoint")
     gate = GumbelSigmoid() if gate is None else gate
     penalty = LogitPenalty(beta) if penalty is None else penalty  # type: ignore[arg-type]
-    names = tuple(select_parameters(model, include))
+    if isinstance(granularity, Mapping) and include is not None:
+        raise ValueError("give include or a mapping as granularity, not both")
+    selected = None if isinstance(granularity, Mapping) else select_parameters(model, include)
+    # per weight, no group ids are built (an int64 per weight): the logits are the weights' own
+    grouping = None if granularity == "weight" else groupings(model, granularity, names=selected,
+                                                              fallback=fallback)  # fmt: skip
+    names = selected if grouping is None else grouping.names
     params = dict(model.named_parameters())
     shapes = tuple(tuple(params[n].shape) for n in names)
     sizes = [params[n].numel() for n in names]
@@ -147,12 +163,20 @@ def train_masks(
         "layout": "flat-2d-transposed",
         **gate.config(),
     }
+    # one logit per group, expanded by index (grouped.py); "weight" keeps the fused per-weight path
+    index = None if grouping is None else grouping.flat_index().to(device)
+    if grouping is not None:
+        config.update(grouping.config(), fallback=fallback)
+        implied = tuple(n in grouping.implied for n in names)
+        gate = GroupedGate(gate, index, grouping.sizes().to(device), implied)
+        penalty = GroupedPenalty(penalty, index)
     finite = bool(torch.isfinite(weight).all())
     masked = MaskedModel(model, names, shapes, weight, finite, samples, gate, loss_fn, tuple(task_names))
 
     generators = [torch.Generator().manual_seed(derive(seed, t)) for t in task_names]
     streams = [TaskBatches(t, tasks[t], batch_size, g) for t, g in zip(task_names, generators, strict=True)]
-    logits = torch.full((len(task_names), weight.numel()), float(init), dtype=dtype, device=device,
+    n_logits = weight.numel() if grouping is None else grouping.n_groups
+    logits = torch.full((len(task_names), n_logits), float(init), dtype=dtype, device=device,
                         requires_grad=True)  # fmt: skip
     try:  # one fused kernel instead of about ten passes over the logits (the same update, elementwise)
         optimizer = torch.optim.Adam([logits], lr=lr, fused=True)
@@ -199,7 +223,7 @@ def train_masks(
             if done % 1000 == 0 or done == steps:
                 log.debug("mask step %d/%d loss %s", done, steps, values)
 
-    final = logits.detach()
+    final = logits.detach() if index is None else logits.detach()[:, index]
     per_task = {
         t: {
             n: from_flat(v, s).clone(memory_format=torch.contiguous_format)
