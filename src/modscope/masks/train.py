@@ -169,8 +169,8 @@ def train_masks(
         for step in range(start, steps):
             batches = []
             for stream in streams:
-                args, targets = next(stream)
-                batches.append((tuple(a.to(device) for a in args), targets.to(device)))
+                inputs, targets = next(stream)
+                batches.append((inputs.to(device), targets.to(device)))
             keys = torch.stack([gate.keys(samples, g) for g in generators]).to(device)
             if method == "auto" and step == start and use == "vmap":
                 try:
