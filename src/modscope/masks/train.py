@@ -74,13 +74,17 @@ def train_masks(
     own generator (seeded ``derive(seed, task)``), its own gradient clipping, and Adam is element-wise.
 
     Args:
-        model: any ``nn.Module`` called as ``model(*inputs)``; inputs and outputs batch-first. It is put in
+        model: any ``nn.Module`` called as ``model(*inputs)`` or ``model(**inputs)``; inputs and outputs
+            batch-first (outputs any pytree of tensors, e.g. a Hugging Face ``ModelOutput``). It is put in
             eval mode with gradients off during training; its parameters, buffers, mode and ``requires_grad``
             flags are left exactly as they were.
         tasks: ``name -> source``. A source is a re-iterable of ``(inputs, targets)`` batches (a list, a
             DataLoader; cycled), or with ``batch_size`` an ``(inputs, targets)`` pair of tensors to draw from.
-            ``inputs`` is a tensor or a tuple of tensors.
-        loss_fn: ``loss_fn(outputs, targets) -> scalar tensor`` (mean over the batch).
+            ``inputs`` is a tensor, a tuple of tensors or a mapping of keyword inputs (a dict, a
+            ``BatchEncoding``); a batch may also be one mapping with the targets under ``"labels"``
+            (:mod:`~modscope.masks.batches`).
+        loss_fn: ``loss_fn(outputs, targets) -> scalar tensor`` (mean over the batch); ``outputs`` is what
+            the model returns for the task's batch.
         steps: number of optimizer steps (a positive int).
         beta: weight of the default penalty :class:`~modscope.masks.penalty.LogitPenalty` (finite, >= 0);
             give ``beta`` or ``penalty``, not both.
@@ -99,7 +103,8 @@ def train_masks(
             ``batch_size``).
         max_grad_norm: per-task gradient-norm clip (finite, > 0; default 1.0) or ``None`` (no clipping).
         method: ``"vmap"`` (all groups as one vmapped call), ``"loop"`` (one call per group) or ``"auto"``:
-            vmap unless the model has recurrent layers or vmap fails on the first step.
+            vmap unless the model has recurrent layers or vmap fails on the first step (Hugging Face models
+            given a 2-d ``attention_mask``; :mod:`~modscope.masks.forward`).
         gate: the gate distribution (:mod:`modscope.masks.gates`; default
             :class:`~modscope.masks.gates.GumbelSigmoid`).
         penalty: the sparsity penalty (:mod:`modscope.masks.penalty`; default ``LogitPenalty(beta)``).
