@@ -7,6 +7,11 @@ model once under ``torch.func.vmap``, so each masked layer becomes one batched m
 2-d ``attention_mask``) or the groups are unequal, a loop of ``functional_call`` gives the same numbers.
 Inputs (:class:`~modscope.masks.batches.ModelInputs`) and outputs are batch-first; an output may be any
 pytree of tensors (a tuple, a dict, a Hugging Face ``ModelOutput``), put back together per task.
+
+Hugging Face encoders (transformers 5) run under vmap when given no ``attention_mask`` or a prepared 4-d
+additive one, ``(1 - mask[:, None, None, :]) * finfo.min`` of shape ``(B, 1, 1, L)``, which they use as is
+(eager and sdpa attention alike); a 2-d mask makes them test ``mask.all()`` in Python, which vmap refuses.
+On CPU the loop is about as fast there (benchmarks/bench_masks.py minilm): the matmuls dominate either way.
 """
 
 from __future__ import annotations
