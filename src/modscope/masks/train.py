@@ -49,7 +49,7 @@ def train_masks(
     *,
     steps: int,
     beta: float | None = None,
-    lr: float = 1e-2,
+    lr: float = 3e-2,
     samples: int = 4,
     init: float = 2.0,
     batch_size: int | None = None,
@@ -88,7 +88,10 @@ def train_masks(
         steps: number of optimizer steps (a positive int).
         beta: weight of the default penalty :class:`~modscope.masks.penalty.LogitPenalty` (finite, >= 0);
             give ``beta`` or ``penalty``, not both.
-        lr: Adam's learning rate (finite, > 0; default 1e-2).
+        lr: Adam's learning rate (finite, > 0; default 3e-2; the papers: 1e-2 for 20k steps). A logit moves at
+            most about ``lr`` per step, so no read-out changes before step ``init / lr``: measured, the first
+            weights drop at step 201 with lr 1e-2 and 67 with 3e-2 (a digits CNN; MiniLM-L6 cut to 2 layers,
+            two probes, batch 32; beta 1e-4), masked-task accuracy at step 300 as good or better.
         samples: mask samples per step (a positive int, default 4); the batch is split into that many groups.
         init: the initial logit of every weight (finite; default 2.0).
         batch_size: ``None`` (default; the sources are iterables of batches) or examples drawn per step.
