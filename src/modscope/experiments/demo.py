@@ -178,7 +178,8 @@ def _masks(run: Run, cfg: dict, train_set: tuple, test_set: tuple) -> dict:
         keep = {name: torch.isin(y, torch.tensor(list(c))) for name, c in _GROUPS.items()}
         return {name: (x[k], y[k]) for name, k in keep.items()}
 
-    settings = {"steps": cfg["mask_steps"], "beta": cfg["beta"], "batch_size": 128,
+    # lr and init pinned to the values the published demo ran with, whatever train_masks' defaults
+    settings = {"steps": cfg["mask_steps"], "beta": cfg["beta"], "batch_size": 128, "lr": 1e-2, "init": 2.0,
                 "seed": network_seeds(cfg["seed"], 0).masks}  # fmt: skip
     masks = train_masks(model, split(train_set), F.cross_entropy, progress=run.report, **settings)
     path = run.out / "masks.safetensors"

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from modscope.masks.apply import masked_call
+from modscope.masks.batches import as_batch
 from modscope.masks.mask import Mask
 from modscope.masks.maskset import MaskSet
 from modscope.masks.table import Condition, EvalResult, MaskEvalTable
@@ -23,17 +24,12 @@ __all__ = ["Condition", "EvalResult", "MaskEvalTable", "evaluate_masks"]
 Metric = Literal["accuracy"] | Callable[[Any, Tensor], Tensor]
 
 
-def _as_args(inputs: Any) -> tuple[Tensor, ...]:
-    return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
-
-
 def _run(model: nn.Module, mask: Mask | None, batches: Iterable, metric: Metric, name: str) -> tuple:
     total, n = 0.0, 0
     confusion: Tensor | None = None
     for batch in batches:
-        inputs, targets = batch
-        args = _as_args(inputs)
-        out = masked_call(model, mask, *args) if mask is not None else model(*args)
+        inputs, targets = as_batch(batch, f"evaluation set {name!r}")
+        out = masked_call(model, mask, *inputs.args, **inputs.kwargs) if mask is not None else inputs(model)
         b = len(targets)
         if metric == "accuracy":
             if not isinstance(out, Tensor) or out.shape[:-1] != targets.shape:
@@ -77,10 +73,13 @@ def evaluate_masks(
         model: the frozen model the masks were trained on (evaluated in eval mode, restored afterwards;
             never modified: masks are applied functionally).
         masks: the trained masks (binary read-out, deterministic).
-        eval_sets: ``name -> re-iterable of (inputs, targets)`` batches.
+        eval_sets: ``name -> re-iterable of batches``: ``(inputs, targets)`` or mappings with ``"labels"``
+            (:mod:`~modscope.masks.batches`; ``inputs`` a tensor, a tuple, or a mapping passed as
+            ``model(**inputs)``).
         metric: ``"accuracy"``: outputs ``(B, ..., C)`` logits, targets ``(B, ...)`` class indices; an example
             is correct when every position is; per-class accuracy and the ``C x C`` confusion matrix count
-            positions. Or ``metric(outputs, targets)`` returning per-example scores ``(B,)`` (or their mean).
+            positions. Or ``metric(outputs, targets)`` returning per-example scores ``(B,)`` (or their mean);
+            ``outputs`` is what the model returns (e.g. a Hugging Face ``ModelOutput``).
         tasks: the masks to test (default all).
         split: the first ``split`` masked layers (model order) are "early", the rest "late"; default half,
             rounded up.
