@@ -20,11 +20,11 @@ from modscope.masks.forward import Method, grouped_forward
 from modscope.masks.gates import Gate
 from modscope.masks.penalty import Penalty
 
-__all__ = ["MaskedModel", "clip_per_task", "mask_update"]
+__all__ = ["MaskedLosses", "clip_per_task", "mask_update"]
 
 
 @dataclass(frozen=True)
-class MaskedModel:
+class MaskedLosses:
     """A frozen model seen through mask logits: ``weight`` ``(N,)`` holds the masked parameters ``names``
     (of ``shapes``) in the flat layout of :func:`~modscope.masks.sampling.to_flat`; ``samples`` mask samples
     per task and step, drawn by ``gate``; ``loss_fn(outputs, targets)`` the loss of task ``tasks[t]``."""

@@ -31,7 +31,7 @@ from modscope.masks.maskset import MaskSet, model_fingerprint
 from modscope.masks.penalty import LogitPenalty, Penalty
 from modscope.masks.sampling import from_flat, to_flat
 from modscope.masks.selection import Include, select_parameters
-from modscope.masks.step import MaskedModel, mask_update
+from modscope.masks.step import MaskedLosses, mask_update
 from modscope.progress import Progress, notify
 from modscope.seeding import derive
 
@@ -179,7 +179,7 @@ def train_masks(
         gate = GroupedGate(gate, index, grouping.sizes().to(device), implied)
         penalty = GroupedPenalty(penalty, index)
     finite = bool(torch.isfinite(weight).all())
-    masked = MaskedModel(model, names, shapes, weight, finite, samples, gate, loss_fn, tuple(task_names))
+    masked = MaskedLosses(model, names, shapes, weight, finite, samples, gate, loss_fn, tuple(task_names))
 
     generators = [torch.Generator().manual_seed(derive(seed, t)) for t in task_names]
     streams = [TaskBatches(t, tasks[t], batch_size, g) for t, g in zip(task_names, generators, strict=True)]
