@@ -261,3 +261,41 @@ def test_minilm_two_probe_tasks_train_from_dict_batches(minilm_2):
 
     table = evaluate_masks(minilm_2, masks, {t: b for t, b in tasks.items()}, metric=correct)
     assert 0.0 <= table.score("mask", "low", "low") <= 1.0
+
+
+@pytest.mark.parametrize("granularity", ["head", "unit"])
+def test_minilm_head_and_unit_masks_through_masked_model_in_a_plain_loop(minilm_2, granularity):
+    """Issue 13: structured masks on a pretrained transformer, trained by the user's own optimizer loop from
+    dict batches; the model is bit-identical afterwards and whole groups are kept or dropped."""
+    from modscope.masks import MaskedModel, groupings
+
+    tasks = probe_tasks()
+    torch.manual_seed(0)
+    head = nn.Linear(384, 2).requires_grad_(False)
+    before = {k: v.clone() for k, v in minilm_2.state_dict().items()}
+    mm = MaskedModel(minilm_2, granularity=granularity, fallback="unit", tasks=tuple(tasks), init=0.5,
+                     beta=1e-4, seed=0)  # fmt: skip
+    assert [n for n, p in mm.named_parameters() if p.requires_grad] == ["logits"]
+    optimizer = torch.optim.Adam(mm.parameters(), lr=0.3)
+    for _ in range(3):
+        for task, [(inputs, y)] in tasks.items():
+            optimizer.zero_grad()
+            out = mm(task=task, **inputs)
+            loss = F.cross_entropy(head(out.last_hidden_state[:, 0]), y) + mm.penalty(task)
+            loss.backward()
+            optimizer.step()
+    masks = mm.masks()
+    kept = {t: masks[t].total_kept / masks[t].total_size for t in masks.tasks}
+    assert all(k < 1.0 for k in kept.values()), kept  # the masks moved
+    grouping = groupings(minilm_2, granularity, names=masks.param_names, fallback="unit")
+    ids = torch.cat([i.reshape(-1) for i in grouping.ids.values()])
+    for t in masks.tasks:  # every group is kept or dropped whole
+        kept_entries = torch.cat([masks[t][n].reshape(-1).long() for n in grouping.ids])
+        count = torch.bincount(ids, weights=kept_entries, minlength=grouping.n_groups)
+        assert bool(((count == 0) | (count == grouping.sizes())).all())
+        assert 0 < int(grouping.kept_groups(masks[t]).sum()) < grouping.n_groups
+    after = minilm_2.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+    mm.eval()
+    with torch.no_grad():  # the read-out runs from the same dict batch
+        assert mm(task="low", **tasks["low"][0][0]).last_hidden_state.shape == (32, 12, 384)
