@@ -54,7 +54,6 @@ every block written before it; a post-norm transformer, whose norm follows each 
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -70,7 +69,7 @@ from modscope.graph.groups import Groups, Reads
 from modscope.graph.layer import GraphError, Layer
 from modscope.graph.ops import where
 from modscope.graph.recurrent import Recurrent
-from modscope.graph.views import has_attention, traceable
+from modscope.graph.views import has_attention, symbolic_trace
 
 RESIDUAL_RULES = ("merge", "filan")
 
@@ -170,7 +169,7 @@ def _trace(
     model: nn.Module, input_shape: Sequence[int] | None, example_inputs: tuple | dict | None, residual: str
 ) -> _Traced:
     try:
-        gm = _symbolic_trace(traceable(model), example_inputs)
+        gm = symbolic_trace(model, example_inputs)
     except GraphError:
         raise
     except Exception as exc:  # fx raises many types; the user needs the reason and the way out
@@ -337,27 +336,3 @@ def _trace(
         raise GraphError("the model's output is not produced by a weight layer")
     return _Traced(groups, chain, reads, output, joins, attention.ends, attention.unhooked)
 
-
-def _symbolic_trace(model: nn.Module, example_inputs: tuple | dict | None) -> fx.GraphModule:
-    """``torch.fx`` trace of ``model`` with every ``forward`` argument the example inputs leave out fixed
-    to its default (an optional ``attention_mask=None`` is then not a traced input)."""
-    given: set[str] | None = None
-    params = list(inspect.signature(model.forward).parameters.values())
-    if isinstance(example_inputs, dict):
-        given = set(example_inputs)
-    elif isinstance(example_inputs, tuple):
-        given = {p.name for p in params[: len(example_inputs)]}
-    concrete = {}
-    if given is not None:
-        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        concrete = {
-            p.name: p.default
-            for p in params
-            if p.name not in given and p.kind in kinds and p.default is not inspect.Parameter.empty
-        }
-    graph = fx.Tracer().trace(model, concrete_args=concrete or None)
-    for node in list(graph.nodes):  # fx's checks that a fixed argument keeps its value
-        if node.op == "call_function" and getattr(node.target, "__name__", "") == "_assert_is_none":
-            graph.erase_node(node)
-    name = model.__class__.__name__ if isinstance(model, nn.Module) else "Traced"
-    return fx.GraphModule(model, graph, class_name=name)

@@ -30,6 +30,7 @@ so a view ignores them):
 from __future__ import annotations
 
 import copy
+import inspect
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +38,7 @@ from torch import fx, nn
 
 from modscope.graph.layer import GraphError
 
-__all__ = ["attend", "has_attention", "traceable"]
+__all__ = ["attend", "has_attention", "symbolic_trace", "traceable"]
 
 
 def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, heads: int) -> torch.Tensor:
@@ -220,3 +221,28 @@ def traceable(model: nn.Module, *, root: bool = True) -> nn.Module:
     clone = copy.copy(model)
     clone._modules = {**model._modules, **children}
     return clone
+
+
+def symbolic_trace(model: nn.Module, example_inputs: tuple | dict | None = None) -> fx.GraphModule:
+    """``torch.fx`` trace of :func:`traceable` ``(model)``, with every ``forward`` argument the example
+    inputs leave out fixed to its default (an optional ``attention_mask=None`` is then not a traced input)."""
+    model = traceable(model)
+    given: set[str] | None = None
+    params = list(inspect.signature(model.forward).parameters.values())
+    if isinstance(example_inputs, dict):
+        given = set(example_inputs)
+    elif isinstance(example_inputs, tuple):
+        given = {p.name for p in params[: len(example_inputs)]}
+    concrete = {}
+    if given is not None:
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        concrete = {
+            p.name: p.default
+            for p in params
+            if p.name not in given and p.kind in kinds and p.default is not inspect.Parameter.empty
+        }
+    graph = fx.Tracer().trace(model, concrete_args=concrete or None)
+    for node in list(graph.nodes):  # fx's checks that a fixed argument keeps its value
+        if node.op == "call_function" and getattr(node.target, "__name__", "") == "_assert_is_none":
+            graph.erase_node(node)
+    return fx.GraphModule(model, graph, class_name=type(model).__name__)
