@@ -44,6 +44,7 @@ def test_digits_tasks_write_a_maskset_table_and_json(here, capsys):
     assert doc["format"] == "modscope.masks.train/1"
     assert doc["tasks"] == {"low": "digits:0-4", "odd": "digits:1,3,5-9"}
     assert doc["settings"]["steps"] == 6 and doc["settings"]["granularity"] == "weight"
+    assert doc["hparams"] == json.loads(json.dumps(dict(masks.hparams)))
     assert doc["table"] == json.loads(json.dumps(compare_table(["out/m.safetensors"])))
     for task in masks.tasks:
         assert doc["kept"][task] == masks[task].total_kept / masks[task].total_size
@@ -118,10 +119,10 @@ def test_a_factory_task_gives_data_and_its_loss(here):
         ("a=digits:x", "'a=digits:x': digits classes"),
         ("a=addmul:-", "'a=addmul:-': addmul operations must be"),
         ("a=mnist:0-4", "'a=mnist:0-4': unknown SPEC 'mnist:0-4'"),
-        ("a=missing.py:f", "--task a=missing.py:f: no Python file 'missing.py'"),
-        ("a=tasks.py:nope", "--task a=tasks.py:nope: tasks.py defines no function 'nope'"),
-        ("a=tasks.py:number", "--task a=tasks.py:number: number() returned a int"),
-        ("a=tasks.py:broken", "--task a=tasks.py:broken: broken() failed (RuntimeError: no data)"),
+        ("a=missing.py:f", "--task 'a=missing.py:f': no Python file 'missing.py'"),
+        ("a=tasks.py:nope", "--task 'a=tasks.py:nope': tasks.py defines no function 'nope'"),
+        ("a=tasks.py:number", "--task 'a=tasks.py:number': number() returned a int"),
+        ("a=tasks.py:broken", "--task 'a=tasks.py:broken': broken() failed (RuntimeError: no data)"),
     ],
 )
 def test_a_bad_task_spec_is_one_line_naming_it(here, capsys, task, expected):

@@ -22,14 +22,15 @@ Each ``--task NAME=SPEC`` names one task and its training data; SPEC is one of
   ``(inputs, targets)`` pair of tensors (or a 2-tensor ``TensorDataset``), drawn from ``--batch-size``
   examples a step; or a re-iterable of ``(inputs, targets)`` batches (a list, a DataLoader), cycled, in which
   case every task must be one (``--batch-size`` is then unused). ``loss_fn(outputs, targets) -> scalar``
-  defaults to :func:`modscope.training.cross_entropy`; all tasks must share one loss function.
+  defaults to :func:`modscope.training.cross_entropy`; all tasks must share one loss function (a file is
+  imported once, so the factories of one file may return the same function).
 
 Written: the MaskSet (``--out``, :meth:`MaskSet.save`), checked writable before any work, and printed: the
 comparison table of ``modscope masks compare`` (kept weights per layer, pairwise IoU and IoMin, sharing).
 ``--json PATH`` (written atomically) has ``format`` (``"modscope.masks.train/1"``), ``model`` (the
-description of ``load_any``), ``tasks`` (name -> SPEC), ``settings``, ``kept`` (task -> fraction of the
-masked weights kept), ``table`` (:func:`modscope.cli.masks.compare_table`), ``out``, ``versions`` and
-``elapsed_s``.
+description of ``load_any``), ``tasks`` (name -> SPEC), ``settings`` (as given), ``hparams``
+(``MaskSet.hparams``: every setting, gate and penalty included), ``kept`` (task -> fraction of the masked
+weights kept), ``table`` (:func:`modscope.cli.masks.compare_table`), ``out``, ``versions``, ``elapsed_s``.
 """
 
 from __future__ import annotations
@@ -102,7 +103,9 @@ def task_data(name: str, spec: str) -> tuple[Any, Any]:
 
 
 def _call_factory(task: str, spec: str, file: Path, name: str) -> tuple[Any, Any]:
-    where = f"--task {task}={spec}"
+    import torch
+
+    where = f"--task {f'{task}={spec}'!r}"
     if not file.is_file():
         raise FileNotFoundError(f"{where}: no Python file '{file}'")
     resolved = file.resolve()
@@ -126,26 +129,22 @@ def _call_factory(task: str, spec: str, file: Path, name: str) -> tuple[Any, Any
     except Exception as exc:
         raise ValueError(f"{where}: {name}() failed ({type(exc).__name__}: {_line(exc)})") from exc
     loss = None
-    if isinstance(out, tuple) and len(out) == 2 and callable(out[1]) and not _is_tensor(out[1]):
+    if isinstance(out, tuple) and len(out) == 2 and callable(out[1]) and not isinstance(out[1], torch.Tensor):
         out, loss = out
-    tensors = getattr(out, "tensors", None)  # a TensorDataset
-    if isinstance(tensors, tuple) and len(tensors) == 2:
-        out = tensors
+    out = getattr(out, "tensors", out)  # a TensorDataset
+    if isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out):
+        out = tuple(out)  # the pair of tensors; batches are (inputs, targets) tuples, never a bare tensor
     if isinstance(out, (str, bytes)) or not hasattr(out, "__iter__"):
         raise ValueError(f"{where}: {name}() returned a {type(out).__name__}, not (inputs, targets) tensors, "
                          "batches, or (data, loss_fn)")  # fmt: skip
     return out, loss
 
 
-def _is_tensor(x: Any) -> bool:
-    import torch
-
-    return isinstance(x, torch.Tensor)
-
-
 def _is_pair(data: Any) -> bool:
     """An ``(inputs, targets)`` pair of tensors to draw batches from (else: an iterable of batches)."""
-    return isinstance(data, tuple) and len(data) == 2 and _is_tensor(data[1])
+    import torch
+
+    return isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)
 
 
 def _line(exc: BaseException) -> str:
@@ -263,8 +262,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"time        {elapsed:.1f} s")
     print(f"wrote       {args.out}")
     if args.json:
-        doc = {"format": JSON_FORMAT, "model": described, "tasks": tasks, "settings": settings, "kept": kept,
-               "table": table, "out": str(args.out), "versions": versions(), "elapsed_s": round(elapsed, 3)}
+        doc = {"format": JSON_FORMAT, "model": described, "tasks": tasks, "settings": settings,
+               "hparams": dict(masks.hparams), "kept": kept, "table": table, "out": str(args.out),
+               "versions": versions(), "elapsed_s": round(elapsed, 3)}  # fmt: skip
         write_json_atomic(args.json, doc)
         print(f"wrote       {args.json}")
     return 0
