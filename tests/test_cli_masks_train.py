@@ -165,3 +165,14 @@ def test_a_random_model_is_flagged(here, capsys):
     argv = ["masks", "train", "mlp:64-8-10", "--task", "a=digits:0-4", "--out", "r.safetensors", *FAST]
     assert main(argv) == 0
     assert "randomly initialized" in capsys.readouterr().err
+
+
+def test_a_checkpoint_resumes_to_the_same_masks(here):
+    base = ["masks", "train", "model.safetensors", "--task", "a=digits:0-4", "--init", "0.05", *FAST[2:]]
+    assert main([*base, "--steps", "6", "--out", "whole.safetensors"]) == 0
+    assert main([*base, "--steps", "3", "--out", "half.safetensors", "--checkpoint", "c.pt"]) == 0
+    assert main([*base, "--steps", "6", "--out", "resumed.safetensors", "--checkpoint", "c.pt"]) == 0
+    whole, resumed = MaskSet.load(here / "whole.safetensors"), MaskSet.load(here / "resumed.safetensors")
+    assert all(torch.equal(whole.logits["a"][n], resumed.logits["a"][n]) for n in whole.shapes)
+    half = MaskSet.load(here / "half.safetensors")
+    assert not all(torch.equal(whole.logits["a"][n], half.logits["a"][n]) for n in whole.shapes)
