@@ -1,4 +1,5 @@
-"""``modscope masks``: compare and plot trained weight masks (safetensors files from ``MaskSet.save``)."""
+"""``modscope masks``: compare and plot trained weight masks (safetensors files from ``MaskSet.save``);
+``masks train`` lives in :mod:`modscope.cli.masks_train`."""
 
 from __future__ import annotations
 
@@ -148,11 +149,11 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``masks compare`` and ``masks plot`` to the ``modscope`` command."""
+    """Add ``masks compare``, ``masks plot`` and ``masks train`` (:mod:`~modscope.cli.masks_train`)."""
     parser = subparsers.add_parser(
         "masks",
-        help="compare and plot trained weight masks",
-        description="Compare and plot weight masks saved by MaskSet.save.",
+        help="train, compare and plot weight masks",
+        description="Train weight masks per task, and compare and plot weight masks saved by MaskSet.save.",
     )
     sub = parser.add_subparsers(dest="masks_command", required=True, metavar="ACTION")
     compare = sub.add_parser("compare", help="per-layer kept weights, IoU, IoMin and sharing")
@@ -163,3 +164,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     plot.add_argument("files", nargs="+", help="mask files (.safetensors)")
     plot.add_argument("--out", required=True, help="image file to write (e.g. fig.png)")
     plot.set_defaults(func=_plot)
+    from modscope.cli.masks_train import add_parser
+
+    add_parser(sub)
