@@ -36,13 +36,13 @@ weights kept), ``table`` (:func:`modscope.cli.masks.compare_table`), ``out``, ``
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import re
 import sys
 import time
-from hashlib import sha256
 from pathlib import Path
 from typing import Any
+
+from modscope.user_code import first_line, user_function
 
 JSON_FORMAT = "modscope.masks.train/1"
 _FACTORY = re.compile(r"(?P<file>.+\.py):(?P<name>[A-Za-z_]\w*)")
@@ -106,28 +106,11 @@ def _call_factory(task: str, spec: str, file: Path, name: str) -> tuple[Any, Any
     import torch
 
     where = f"--task {f'{task}={spec}'!r}"
-    if not file.is_file():
-        raise FileNotFoundError(f"{where}: no Python file '{file}'")
-    resolved = file.resolve()
-    module_name = "modscope_task_" + sha256(str(resolved).encode()).hexdigest()[:12]
-    module = sys.modules.get(module_name)
-    if module is None:
-        loader_spec = importlib.util.spec_from_file_location(module_name, resolved)
-        module = importlib.util.module_from_spec(loader_spec)
-        sys.modules[module_name] = module  # dataclasses and pickling look the module up by name
-        try:
-            loader_spec.loader.exec_module(module)
-        except Exception as exc:
-            del sys.modules[module_name]
-            reason = f"{type(exc).__name__}: {_line(exc)}"
-            raise ValueError(f"{where}: importing {file} failed ({reason})") from exc
-    fn = getattr(module, name, None)
-    if not callable(fn):
-        raise ValueError(f"{where}: {file} defines no function '{name}'")
+    fn = user_function(file, name, where=where)
     try:
         out = fn()
     except Exception as exc:
-        raise ValueError(f"{where}: {name}() failed ({type(exc).__name__}: {_line(exc)})") from exc
+        raise ValueError(f"{where}: {name}() failed ({type(exc).__name__}: {first_line(exc)})") from exc
     loss = None
     if isinstance(out, tuple) and len(out) == 2 and callable(out[1]) and not isinstance(out[1], torch.Tensor):
         out, loss = out
@@ -146,9 +129,6 @@ def _is_pair(data: Any) -> bool:
 
     return isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)
 
-
-def _line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -27,12 +27,9 @@ line for people).
 from __future__ import annotations
 
 import ast
-import importlib.util
 import inspect
 import re
-import sys
 from collections.abc import Mapping, Sequence
-from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +39,7 @@ from torch import nn
 from modscope.models.io import load_model, resolve_model
 from modscope.models.spec import spec_input_shape, spec_to_string
 from modscope.seeding import check_seed, derive
+from modscope.user_code import first_line, user_function
 
 __all__ = ["SOURCE_FORMS", "example_inputs", "load_any", "parse_factory_args"]
 
@@ -170,7 +168,7 @@ def _torchvision(source: str, name: str, seed: int) -> tuple[nn.Module, dict[str
         import torchvision.models as tvm
     except Exception as exc:  # a CUDA wheel next to a CPU torch fails with several error types
         raise ValueError(
-            f"{source!r}: torchvision does not import here ({type(exc).__name__}: {_first_line(exc)}); "
+            f"{source!r}: torchvision does not import here ({type(exc).__name__}: {first_line(exc)}); "
             f"install a torchvision build that matches torch {torch.__version__}"
         ) from exc
     if name not in tvm.list_models():
@@ -198,7 +196,7 @@ def _huggingface(source: str, path: Path) -> tuple[nn.Module, dict[str, Any]]:
     except Exception as exc:
         raise ValueError(
             f"{source!r} is a Hugging Face model folder, but transformers does not import "
-            f"({type(exc).__name__}: {_first_line(exc)}); pip install transformers"
+            f"({type(exc).__name__}: {first_line(exc)}); pip install transformers"
         ) from exc
     from transformers.utils import logging as hf_logging
 
@@ -210,7 +208,7 @@ def _huggingface(source: str, path: Path) -> tuple[nn.Module, dict[str, Any]]:
             str(path), local_files_only=True, trust_remote_code=False, use_safetensors=safetensors or None
         )
     except Exception as exc:  # transformers raises OSError, ValueError, KeyError, ... for a bad folder
-        raise ValueError(f"{source!r}: transformers could not load the folder: {_first_line(exc)}") from exc
+        raise ValueError(f"{source!r}: transformers could not load the folder: {first_line(exc)}") from exc
     finally:
         if bar:
             hf_logging.enable_progress_bar()
@@ -220,28 +218,12 @@ def _huggingface(source: str, path: Path) -> tuple[nn.Module, dict[str, Any]]:
 
 
 def _factory(source: str, file: Path, name: str, kwargs: dict) -> tuple[nn.Module, dict[str, Any]]:
-    if not file.is_file():
-        raise FileNotFoundError(f"{source!r}: no Python file '{file}'")
-    resolved = file.resolve()
-    module_name = "modscope_user_" + sha256(str(resolved).encode()).hexdigest()[:12]
-    spec = importlib.util.spec_from_file_location(module_name, resolved)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module  # dataclasses and pickling look the module up by name
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        del sys.modules[module_name]
-        reason = f"{type(exc).__name__}: {_first_line(exc)}"
-        raise ValueError(f"{source!r}: importing {file} failed ({reason})") from exc
-    fn = getattr(module, name, None)
-    if not callable(fn):
-        found = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_"))
-        raise ValueError(f"{source!r}: {file} defines no function '{name}' (callables in it: {found})")
+    fn = user_function(file, name, where=repr(source))
     try:
         model = fn(**kwargs)
     except Exception as exc:
         raise ValueError(f"{source!r}: {name}({_call(kwargs)}) failed ({type(exc).__name__}: "
-                         f"{_first_line(exc)})") from exc  # fmt: skip
+                         f"{first_line(exc)})") from exc  # fmt: skip
     if not isinstance(model, nn.Module):
         raise ValueError(f"{source!r}: {name}({_call(kwargs)}) returned a {type(model).__name__}, "
                          "not a torch.nn.Module")  # fmt: skip
@@ -252,6 +234,3 @@ def _factory(source: str, file: Path, name: str, kwargs: dict) -> tuple[nn.Modul
 def _call(kwargs: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
 
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
