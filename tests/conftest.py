@@ -43,3 +43,18 @@ def headless(browser, tmp_path):
         return done.stdout
 
     return run
+
+
+@pytest.fixture
+def cli_error(capsys):
+    """Run the ``modscope`` command line expecting a usage error: exit code 2 and one line on stderr (no
+    traceback); returns that line."""
+    from modscope.cli import main
+
+    def run(argv: list[str]) -> str:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err  # one line, no traceback
+        return err
+
+    return run

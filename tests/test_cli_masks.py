@@ -19,26 +19,20 @@ def folder(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _error(argv, capsys) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1, err  # one line, no traceback
-    return err
 
-
-def test_a_folder_is_named_with_the_mask_files_in_it(folder, capsys):
-    err = _error(["masks", "compare", "d"], capsys)
+def test_a_folder_is_named_with_the_mask_files_in_it(folder, capsys, cli_error):
+    err = cli_error(["masks", "compare", "d"])
     assert "'d' is a folder, not a mask file (it holds m.safetensors)" in err
     assert err.rstrip().endswith("give the files, e.g. d/*.safetensors")
     assert main(["masks", "compare", "d/m.safetensors"]) == 0  # what the message suggests works
     (folder / "empty").mkdir()
-    assert "'empty' is a folder, not a mask file (no .safetensors in it)" in _error(
-        ["masks", "plot", "empty", "--out", "f.png"], capsys
+    assert "'empty' is a folder, not a mask file (no .safetensors in it)" in cli_error(
+        ["masks", "plot", "empty", "--out", "f.png"]
     )
 
 
-def test_a_model_file_is_named_as_one(folder, capsys):
-    err = _error(["masks", "compare", "model.safetensors"], capsys)
+def test_a_model_file_is_named_as_one(folder, cli_error):
+    err = cli_error(["masks", "compare", "model.safetensors"])
     assert "'model.safetensors' is a modscope model file, not a mask file" in err
 
 

@@ -22,12 +22,6 @@ def here(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _error(argv, capsys) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1, err  # one line, no traceback
-    return err
-
 
 def test_digits_tasks_write_a_maskset_table_and_json(here, capsys):
     argv = ["masks", "train", "model.safetensors", "--task", "low=digits:0-4", "--task", "odd=digits:1,3,5-9",
@@ -125,16 +119,16 @@ def test_a_factory_task_gives_data_and_its_loss(here):
         ("a=tasks.py:broken", "--task 'a=tasks.py:broken': broken() failed (RuntimeError: no data)"),
     ],
 )
-def test_a_bad_task_spec_is_one_line_naming_it(here, capsys, task, expected):
+def test_a_bad_task_spec_is_one_line_naming_it(here, capsys, task, expected, cli_error):
     (here / "tasks.py").write_text(
         "def number():\n    return 3\ndef broken():\n    raise RuntimeError('no data')\n"
     )
-    err = _error(["masks", "train", "model.safetensors", "--task", task, "--out", "m.safetensors"], capsys)
+    err = cli_error(["masks", "train", "model.safetensors", "--task", task, "--out", "m.safetensors"])
     assert expected in err
     assert not (here / "m.safetensors").exists()
 
 
-def test_tasks_must_agree_on_loss_and_form(here, capsys):
+def test_tasks_must_agree_on_loss_and_form(here, capsys, cli_error):
     (here / "tasks.py").write_text(
         "import torch\n"
         "X = torch.rand(8, 64)\n"
@@ -142,22 +136,21 @@ def test_tasks_must_agree_on_loss_and_form(here, capsys):
         "def own_loss():\n    return (X, torch.zeros(8, dtype=torch.long)), lambda o, t: o.sum()\n"
     )  # fmt: skip
     base = ["masks", "train", "model.safetensors", "--out", "m.safetensors", *FAST]
-    err = _error([*base, "--task", "a=tasks.py:batches", "--task", "b=digits:0-4"], capsys)
+    err = cli_error([*base, "--task", "a=tasks.py:batches", "--task", "b=digits:0-4"])
     assert "tasks ['b'] give (inputs, targets) tensors but ['a'] give batches" in err
-    err = _error([*base, "--task", "a=tasks.py:own_loss", "--task", "b=digits:0-4"], capsys)
+    err = cli_error([*base, "--task", "a=tasks.py:own_loss", "--task", "b=digits:0-4"])
     assert "different loss functions" in err
-    err = _error([*base, "--task", "a=digits:0-4", "--task", "a=digits:5-9"], capsys)
+    err = cli_error([*base, "--task", "a=digits:0-4", "--task", "a=digits:5-9"])
     assert "task 'a' given twice" in err
 
 
-def test_the_output_path_is_checked_before_any_work(here, capsys):
+def test_the_output_path_is_checked_before_any_work(here, capsys, cli_error):
     (here / "taken").mkdir()
     # the model does not exist: the --out error must come first, before loading anything
-    err = _error(["masks", "train", "nowhere.safetensors", "--task", "a=digits:0-4", "--out", "taken"],
-                 capsys)
+    err = cli_error(["masks", "train", "nowhere.safetensors", "--task", "a=digits:0-4", "--out", "taken"])
     assert "--out" in err and "taken" in err
-    err = _error(["masks", "train", "nowhere.safetensors", "--task", "a=digits:0-4", "--out", "m.safetensors",
-                  "--json", "taken"], capsys)  # fmt: skip
+    err = cli_error(["masks", "train", "nowhere.safetensors", "--task", "a=digits:0-4",
+                     "--out", "m.safetensors", "--json", "taken"])  # fmt: skip
     assert "--json" in err
 
 

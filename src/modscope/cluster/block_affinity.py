@@ -13,7 +13,8 @@ and the degrees are the row and column sums of the blocks. Applied block by bloc
 products: no ``2 * n_edges`` sparse copy to build (with its sort and symmetry check) for every shuffle,
 and each product reads the block once per direction. Measured on ResNet-50's channel graph
 (``residual="filan"``, 25,515 nodes, 65.5M stored entries; 2-core VM): building the sparse affinity took
-7.5 s and one product 0.096 s; this kind builds in about a second and multiplies in about half the time.
+7.5 s and one product 0.096 s; this kind builds in 0.04 s and multiplies in 0.028 s, and one clustering
+(eigensolver and k-means restarts) takes 3.7 s instead of 13 s.
 """
 
 from __future__ import annotations

@@ -83,3 +83,9 @@ def check_fields(doc: Any, schema: Mapping[str, Any], where: str = "") -> None:
             kinds = want if isinstance(want, tuple) else (want,)
             names = " or ".join("null" if t is type(None) else t.__name__ for t in kinds)
             raise ValueError(f"{name!r} must be {names}, got {doc[key]!r:.60}")
+
+
+def finite_or_none(value: float) -> float | None:
+    """``value`` as a float, or ``None`` where it is NaN or infinite (JSON has neither; e.g. an ARI that is
+    undefined because no unit is used by one task only)."""
+    return float(value) if math.isfinite(value) else None

@@ -26,7 +26,6 @@ seed, so they test the same partition.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
@@ -34,7 +33,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from modscope.experiments.checks import NUMBER, check_fields, check_int, check_n_jobs, check_number
+from modscope.experiments.checks import (
+    NUMBER,
+    check_fields,
+    check_int,
+    check_n_jobs,
+    check_number,
+    finite_or_none,
+)
 from modscope.experiments.controls import check_controls_config, check_controls_unit, controls_section
 from modscope.experiments.run import Run
 from modscope.experiments.structural import check_mlp_config, lesion_section, network_seeds
@@ -282,7 +288,7 @@ def _with_planted(result: RunResult, planted: dict, masks: dict, lenses: Any) ->
         ["functional", "P_specialize (both ways, mean)", f["p_specialize"],
          None if None in (pab, pba) else (pab + pba) / 2],
         ["connected", "ARI of the clusters vs the masks' one-task units", c["ari_bridge"],
-         _finite(lenses.ari)],
+         finite_or_none(lenses.ari)],
     ]  # fmt: skip
     section = table(
         "Positive control: two planted modules beside the digits network",
@@ -302,9 +308,6 @@ def _with_planted(result: RunResult, planted: dict, masks: dict, lenses: Any) ->
     }
     return dataclasses.replace(result, sections=(*result.sections, section), claims=(*result.claims, claim))
 
-
-def _finite(v: float) -> float | None:
-    return float(v) if math.isfinite(v) else None
 
 
 def _num(v: float | None) -> str:

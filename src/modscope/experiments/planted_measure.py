@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from modscope.experiments.checks import finite_or_none
 from modscope.experiments.planted_nets import CrossTalk, build, input_shape, module_weights, node_modules
 from modscope.experiments.planted_tasks import make_data, task_accuracy, task_loss, task_sets
 from modscope.progress import Progress, labelled
@@ -113,7 +114,7 @@ def measure(
     return {
         "family": family, "c": float(c), "accuracy": accuracy, "structural": structural,
         "functional": functional,
-        "connected": {"ari_bridge": _finite(lenses.ari), "one_task": _share(lenses.units)},
+        "connected": {"ari_bridge": finite_or_none(lenses.ari), "one_task": _share(lenses.units)},
     }  # fmt: skip
 
 
@@ -131,6 +132,3 @@ def _share(units: Mapping[str, int]) -> float | None:
     used = units["one task"] + units["shared"]
     return units["one task"] / used if used else None
 
-
-def _finite(v: float) -> float | None:
-    return float(v) if math.isfinite(v) else None

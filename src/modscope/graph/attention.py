@@ -48,7 +48,7 @@ from modscope.graph.activation import Units, fix_input
 from modscope.graph.blocks import WeightLayer
 from modscope.graph.groups import Groups, Reads
 from modscope.graph.layer import GraphError
-from modscope.graph.ops import where
+from modscope.graph.ops import arg, where
 from modscope.graph.views import attend
 
 _REDUCTIONS = {"mean", "sum", "amax", "amin", torch.mean, torch.sum, torch.amax, torch.amin}
@@ -145,11 +145,11 @@ class Attention:
     def _multihead(self, node: fx.Node, module: nn.MultiheadAttention, state: dict) -> _AttentionResult:
         at, name = where(node, self.gm), str(node.target)
         e = module.embed_dim
-        args = [_arg(node, i, n) for i, n in enumerate(("query", "key", "value"))]
+        args = [arg(node, i, n) for i, n in enumerate(("query", "key", "value"))]
         sizes = (e, module.kdim, module.vdim)
         groups = []
-        for part, arg, n_in, offset in zip("qkv", args, sizes, (0, e, 2 * e)):
-            units = self._input(node, arg, n_in, state)
+        for part, source, n_in, offset in zip("qkv", args, sizes, (0, e, 2 * e)):
+            units = self._input(node, source, n_in, state)
             if module._qkv_same_embed_dim:
                 layer = WeightLayer(f"{name}.{part}", module, "linear", n_in, e, param="in_proj_weight",
                                     rows=(offset, offset + e))  # fmt: skip
@@ -221,14 +221,11 @@ class Attention:
         if node.op in ("call_method", "call_function") and t in _REDUCTIONS:
             if shape is not None and len(shape) < 3:
                 return None
-            dim = _arg(node, 1, "dim")
+            dim = arg(node, 1, "dim")
             last = len(shape) - 1 if shape is not None else -1
-            if not isinstance(dim, int) or dim in (-1, last) or _arg(node, 2, "keepdim", False):
+            if not isinstance(dim, int) or dim in (-1, last) or arg(node, 2, "keepdim", False):
                 raise GraphError(f"{at} reduces other than over positions (dim={dim!r}); only a reduction "
                                  "over a position dimension keeps the units")  # fmt: skip
             return replace(units, producer=None, joined=False)
         return None
 
-
-def _arg(node: fx.Node, position: int, name: str, default: object = None) -> object:
-    return node.args[position] if len(node.args) > position else node.kwargs.get(name, default)

@@ -117,6 +117,11 @@ SUPPORTED = (
 )
 
 
+def arg(node: fx.Node, position: int, name: str, default: object = None) -> object:
+    """Argument ``name`` of a traced call, given by ``position`` or by keyword (``default`` when absent)."""
+    return node.args[position] if len(node.args) > position else node.kwargs.get(name, default)
+
+
 def where(node: fx.Node, gm: fx.GraphModule) -> str:
     """Where ``node`` is, for error messages: the module path and type, or the operation and its module."""
     if node.op == "call_module":

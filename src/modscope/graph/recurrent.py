@@ -62,7 +62,7 @@ from modscope.graph.activation import Units, fix_input
 from modscope.graph.blocks import FEATURE_NORMS, WeightLayer
 from modscope.graph.groups import Groups, Reads
 from modscope.graph.layer import GraphError
-from modscope.graph.ops import where
+from modscope.graph.ops import arg, where
 
 RECURRENT = (nn.LSTM, nn.GRU, nn.RNN)
 ACCEPTED = (
@@ -138,7 +138,7 @@ class Recurrent:
         at = where(node, self.gm)
         if getattr(module, "proj_size", 0):
             raise GraphError(f"{at} has proj_size={module.proj_size}; LSTM projections are not supported")
-        x, hx = _arg(node, 0, "input"), _arg(node, 1, "hx")
+        x, hx = arg(node, 0, "input"), arg(node, 1, "hx")
         if hx is not None:
             raise GraphError(
                 f"{at} is given an initial state by the model; only zero initial states are supported "
@@ -216,11 +216,11 @@ class Recurrent:
             index = node.args[1]
             return self._index(node, state[src], dims, index if isinstance(index, tuple) else (index,))
         if (node.op == "call_method" and t == "select") or (node.op == "call_function" and t is torch.select):
-            d = _axis(_arg(node, 1, "dim"), dims, at)
-            return self._index(node, state[src], dims, (*(slice(None),) * d, _arg(node, 2, "index")))
+            d = _axis(arg(node, 1, "dim"), dims, at)
+            return self._index(node, state[src], dims, (*(slice(None),) * d, arg(node, 2, "index")))
         reduction = node.op == "call_method" and t in _REDUCTIONS
         if reduction or (node.op == "call_function" and t in _REDUCE_FUNCTIONS):
-            dim, keep = _arg(node, 1, "dim"), _arg(node, 2, "keepdim", False)
+            dim, keep = arg(node, 1, "dim"), arg(node, 2, "keepdim", False)
             if dim is None or keep or isinstance(dim, (tuple, list)) or dims[_axis(dim, dims, at)] != "t":
                 raise GraphError(f"{at} reduces a recurrent sequence other than over its time dimension")
             return self._done(node, state[src], tuple(x for x in dims if x != "t"))
@@ -233,7 +233,7 @@ class Recurrent:
         if node.op in ("call_function", "call_method"):
             ok = t in _ELEMENTWISE
             if t in ops.CAT_OPS:
-                ok = _arg(node, 1, "dim", 0) in (-1, len(dims) - 1)
+                ok = arg(node, 1, "dim", 0) in (-1, len(dims) - 1)
         if not ok:
             raise GraphError(
                 f"unsupported {at} on a recurrent sequence (dimensions {''.join(dims)}: b batch, t time, "
@@ -265,9 +265,6 @@ class Recurrent:
         # a norm before it still scales the next layer's columns
         return replace(units, producer=None, joined=False)
 
-
-def _arg(node: fx.Node, position: int, name: str, default: object = None) -> object:
-    return node.args[position] if len(node.args) > position else node.kwargs.get(name, default)
 
 
 def _axis(dim: object, dims: tuple[str, ...], at: str) -> int:
