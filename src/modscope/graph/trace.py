@@ -255,13 +255,12 @@ def _trace(
         value = recurrent.step(node, state)  # recurrent modules, their tuples and sequences
         if value is None:
             value = attention.step(node, state)  # attention, embeddings, token sequences
-        constant = node.op in ("call_function", "call_method") and not any(
-            a in state for a in node.all_input_nodes
-        )
         if value is not None:
             state[node] = value
-        elif constant:
-            continue
+        elif node.op in ("call_function", "call_method") and all(
+            a not in state for a in node.all_input_nodes
+        ):
+            continue  # a constant, computed from no activation
         elif node.op == "placeholder":
             if node.users:
                 name = "input" if len(placeholders) == 1 else f"input:{node.target}"
