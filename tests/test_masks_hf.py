@@ -153,14 +153,41 @@ def test_bad_batches_and_outputs_raise_clear_errors():
     with pytest.raises(ValueError, match="targets must be a batch-first tensor"):
         as_batch(({"input_ids": ids}, [0, 1]), "task 't'")
 
-    class LossModel(KeywordNet):  # computes its loss inside, as a Hugging Face model given labels does
-        def forward(self, input_ids, attention_mask, labels):
-            return {"loss": F.cross_entropy(super().forward(input_ids, attention_mask), labels)}
+    class CountModel(KeywordNet):  # a 0-d integer output cannot be averaged over the groups
+        def forward(self, input_ids, attention_mask):
+            return {"logits": super().forward(input_ids, attention_mask), "n": attention_mask.sum()}
 
-    batch = ({"input_ids": ids, "attention_mask": mask, "labels": y}, y)
+    batch = ({"input_ids": ids, "attention_mask": mask}, y)
     for method in ("vmap", "loop"):
-        with pytest.raises(ValueError, match=r"model output \['loss'\] is a 0-d tensor"):
-            train_masks(LossModel(), {"t": [batch]}, lambda out, _: out["loss"], method=method, **SETTINGS)
+        with pytest.raises(ValueError, match=r"model output \['n'\] is a 0-d torch.int64 tensor"):
+            train_masks(CountModel(), {"t": [batch]}, logits_loss, method=method, **SETTINGS)
+
+
+class LossModel(KeywordNet):  # computes its loss inside, as a Hugging Face model given labels does
+    def forward(self, input_ids, attention_mask, labels):
+        logits = super().forward(input_ids, attention_mask)
+        return {"loss": F.cross_entropy(logits, labels), "logits": logits}
+
+
+@pytest.mark.parametrize("method", ["vmap", "loop"])
+@pytest.mark.parametrize("n", [16, 14])  # equal groups (vmap where asked) and unequal ones (the loop)
+def test_a_loss_the_model_computes_is_the_group_size_weighted_mean(method, n):
+    ids, mask, y = token_data(n)
+    model = LossModel()
+    weights = {k: v.detach().expand(2, 4, *v.shape).clone() for k, v in model.named_parameters()}
+    weights["out.weight"][0, 1] = 0.0  # group 1 of task 0 sees another model
+    inputs = [{"input_ids": ids, "attention_mask": mask, "labels": y}] * 2
+    out = grouped_forward(model, weights, inputs, 4, method)
+    logits = torch.cat([model(ids[:4], mask[:4], y[:4])["logits"].detach(), out[0]["logits"][4:]])
+    per_example = F.cross_entropy(logits, y, reduction="none")
+    assert out[0]["loss"].shape == () and torch.allclose(out[0]["loss"], per_example.mean(), atol=1e-6)
+    assert torch.allclose(out[1]["loss"], F.cross_entropy(model(ids, mask, y)["logits"], y), atol=1e-6)
+    # trained from the model's own loss or from loss_fn, the masks are the same
+    task = {"t": [(inputs[0], y)]}
+    with_labels = train_masks(model, task, lambda o, _: o["loss"], method=method, **SETTINGS)
+    outside = train_masks(model, task, logits_loss, method=method, **SETTINGS)
+    for name, v in with_labels.logits["t"].items():
+        assert torch.allclose(v, outside.logits["t"][name], atol=1e-5)
 
 
 def test_model_inputs_split_every_tensor_along_the_batch():

@@ -3,6 +3,7 @@ known answers, exact all-ones masks, an untouched model, determinism and the pen
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from modscope.masks import (
@@ -248,7 +249,7 @@ def test_masked_model_plain_torch_loop_trains_only_the_logits():
     tasks = planted_tasks(net, (8,), 4)
     mm = MaskedModel(net, granularity="unit", tasks=("a", "b"), beta=1e-3, seed=3)
     assert [n for n, _ in mm.named_parameters()] == ["logits"] and mm.logits.shape == (2, 20)
-    assert list(mm.state_dict()) == ["logits"]
+    assert list(mm.state_dict()) == ["logits", "_extra_state"]  # the logits and the noise generators
     opt = torch.optim.Adam(mm.parameters(), lr=0.05)
     g = torch.Generator().manual_seed(0)
     for _ in range(200):
@@ -266,6 +267,36 @@ def test_masked_model_plain_torch_loop_trains_only_the_logits():
     assert kept.tolist() == torch.cat([torch.arange(16) < 8, torch.arange(4) < 2]).tolist()
     mm.eval()
     assert torch.equal(mm(tasks["a"][0], task="a"), masked_call(net, masks["a"], tasks["a"][0]))
+
+
+def test_masked_model_resumes_from_its_state_dict_through_safetensors(tmp_path):
+    net = planted_mlp()
+    x, y = planted_tasks(net, (8,), 4)["a"]
+
+    def steps(mm, opt, n):
+        for _ in range(n):
+            opt.zero_grad()
+            (nan_mse(mm(x[:32]), y[:32]) + mm.penalty()).backward()
+            opt.step()
+
+    def fresh():
+        mm = MaskedModel(net, granularity="unit", beta=1e-3, seed=3, init=0.5)
+        return mm, torch.optim.Adam(mm.parameters(), lr=0.1)
+
+    whole, opt = fresh()
+    steps(whole, opt, 20)
+    first, opt = fresh()
+    steps(first, opt, 10)
+    save_file(first.state_dict(), tmp_path / "mm.safetensors")
+    torch.save(opt.state_dict(), tmp_path / "opt.pt")
+    resumed, opt = fresh()
+    resumed.load_state_dict(load_file(tmp_path / "mm.safetensors"))
+    opt.load_state_dict(torch.load(tmp_path / "opt.pt", weights_only=True))
+    steps(resumed, opt, 10)
+    assert torch.equal(resumed.logits, whole.logits)
+    assert not torch.equal(fresh()[0].logits, whole.logits)
+    with pytest.raises(ValueError, match="extra state: expected the 1 task generators' states"):
+        resumed.load_state_dict({"logits": resumed.logits.detach(), "_extra_state": torch.zeros(3)})
 
 
 def test_masked_model_is_deterministic_and_keyword_inputs_align():

@@ -296,6 +296,22 @@ def test_concurrent_tasks_equal_separate_runs():
             assert torch.allclose(alone.logits[name][n], together.logits[name][n], atol=1e-5)
 
 
+def test_each_task_may_have_its_own_loss():
+    model, x, y = make("mlp")
+    tasks = {"a": (x, y), "b": (x * 2, y.flip(0))}
+    losses = {"a": F.cross_entropy, "b": lambda out, t: F.mse_loss(out, F.one_hot(t, out.shape[1]).float())}
+    common = dict(steps=5, beta=1e-3, lr=0.1, batch_size=8, seed=4)
+    together = train_masks(model, tasks, losses, **common)
+    for name, data in tasks.items():
+        alone = train_masks(model, {name: data}, losses[name], **common)
+        for n in alone.param_names:
+            assert torch.allclose(alone.logits[name][n], together.logits[name][n], atol=1e-5)
+    with pytest.raises(ValueError, match=r"one loss function per task \['a', 'b'\], got \['a'\]"):
+        train_masks(model, tasks, {"a": F.cross_entropy}, **common)
+    with pytest.raises(TypeError, match=r"loss_fn\['b'\] must be callable, got int"):
+        train_masks(model, tasks, {"a": F.cross_entropy, "b": 3}, **common)
+
+
 def test_same_seed_same_masks_other_seed_other_noise():
     model, x, y = make("mlp")
 

@@ -22,8 +22,7 @@ Each ``--task NAME=SPEC`` names one task and its training data; SPEC is one of
   ``(inputs, targets)`` pair of tensors (or a 2-tensor ``TensorDataset``), drawn from ``--batch-size``
   examples a step; or a re-iterable of ``(inputs, targets)`` batches (a list, a DataLoader), cycled, in which
   case every task must be one (``--batch-size`` is then unused). ``loss_fn(outputs, targets) -> scalar``
-  defaults to :func:`modscope.training.cross_entropy`; all tasks must share one loss function (a file is
-  imported once, so the factories of one file may return the same function).
+  defaults to :func:`modscope.training.cross_entropy`; each task trains with its own.
 
 Written: the MaskSet (``--out``, :meth:`MaskSet.save`), checked writable before any work, and printed: the
 comparison table of ``modscope masks compare`` (kept weights per layer, pairwise IoU and IoMin, sharing).
@@ -186,24 +185,21 @@ def _tasks(items: list[str]) -> dict[str, str]:
     return tasks
 
 
-def _load_data(tasks: dict[str, str]) -> tuple[dict[str, Any], Any, bool]:
-    """``(name -> data, loss_fn, tensor pairs?)``: one loss for all tasks, all data of one kind."""
+def _load_data(tasks: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any], bool]:
+    """``(name -> data, name -> loss_fn, tensor pairs?)``: all data of one kind."""
     from modscope.training import cross_entropy
 
     data, losses = {}, {}
     for name, spec in tasks.items():
-        data[name], losses[name] = task_data(name, spec)
-    given = {id(fn): fn for fn in (cross_entropy if f is None else f for f in losses.values())}
-    if len(given) > 1:
-        raise ValueError(f"the tasks use different loss functions ({sorted(losses)}); masks train takes one "
-                         "loss for all tasks: return the same loss_fn from every factory")  # fmt: skip
+        data[name], loss = task_data(name, spec)
+        losses[name] = cross_entropy if loss is None else loss
     pairs = {name: _is_pair(d) for name, d in data.items()}
     if len(set(pairs.values())) > 1:
         raise ValueError(
             f"tasks {[n for n, p in pairs.items() if p]} give (inputs, targets) tensors but "
             f"{[n for n, p in pairs.items() if not p]} give batches; give all tasks in one form"
         )
-    return data, next(iter(given.values())), all(pairs.values())
+    return data, losses, all(pairs.values())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -226,13 +222,13 @@ def run(args: argparse.Namespace) -> int:
     if described["random_init"]:
         print("modscope: warning: the model is randomly initialized; masks of an untrained network say "
               "little about it", file=sys.stderr)  # fmt: skip
-    data, loss_fn, pairs = _load_data(tasks)
+    data, losses, pairs = _load_data(tasks)
     settings = {"steps": args.steps, "beta": args.beta, "lr": args.lr, "init": args.init,
                 "samples": args.samples, "batch_size": args.batch_size if pairs else None, "seed": args.seed,
                 "granularity": args.granularity, "fallback": args.fallback}  # fmt: skip
     start = time.perf_counter()
     with bars(disable=args.no_progress, unit="step") as update:
-        masks = train_masks(model, data, loss_fn, progress=update, checkpoint=args.checkpoint, **settings)
+        masks = train_masks(model, data, losses, progress=update, checkpoint=args.checkpoint, **settings)
     elapsed = time.perf_counter() - start
     masks.save(args.out)
     table = compare_table([args.out])

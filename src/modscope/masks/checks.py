@@ -41,7 +41,13 @@ def check_mask_arguments(
         raise ValueError(f"tasks must be a non-empty mapping name -> batches, got {tasks!r}")
     if not all(isinstance(t, str) for t in tasks):
         raise ValueError(f"task names must be strings, got {list(tasks)!r}")
-    if not callable(loss_fn):
+    if isinstance(loss_fn, Mapping):
+        if set(loss_fn) != set(tasks):
+            raise ValueError(f"loss_fn: one loss function per task {list(tasks)}, got {list(loss_fn)}")
+        bad = [t for t, f in loss_fn.items() if not callable(f)]
+        if bad:
+            raise TypeError(f"loss_fn[{bad[0]!r}] must be callable, got {type(loss_fn[bad[0]]).__name__}")
+    elif not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
     check_positive_int(steps, "steps")
     check_positive_int(samples, "samples")

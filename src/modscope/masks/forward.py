@@ -6,7 +6,8 @@ model once under ``torch.func.vmap``, so each masked layer becomes one batched m
 (``nn.LSTM`` and ``nn.GRU`` have no batching rule; Hugging Face models branch in Python on the values of a
 2-d ``attention_mask``) or the groups are unequal, a loop of ``functional_call`` gives the same numbers.
 Inputs (:class:`~modscope.masks.batches.ModelInputs`) and outputs are batch-first; an output may be any
-pytree of tensors (a tuple, a dict, a Hugging Face ``ModelOutput``), put back together per task.
+pytree of tensors (a tuple, a dict, a Hugging Face ``ModelOutput``), put back together per task, and a 0-d
+float output of each group (a loss the model computed) is averaged over the groups.
 
 Hugging Face encoders (transformers 5) run under vmap when given no ``attention_mask`` or a prepared 4-d
 additive one, ``(1 - mask[:, None, None, :]) * finfo.min`` of shape ``(B, 1, 1, L)``, which they use as is
@@ -38,25 +39,34 @@ def vmap_supported(model: nn.Module) -> bool:
     return not any(isinstance(m, nn.RNNBase) for m in model.modules())
 
 
-def _per_example(leaf: Any, path: Any) -> Tensor:
-    if not isinstance(leaf, Tensor) or leaf.ndim == 0:
-        what = f"a 0-d tensor ({leaf.item()!r})" if isinstance(leaf, Tensor) else type(leaf).__name__
+def _check_leaf(leaf: Any, path: Any) -> Tensor:
+    if not isinstance(leaf, Tensor) or (leaf.ndim == 0 and not leaf.is_floating_point()):
+        what = f"a 0-d {leaf.dtype} tensor" if isinstance(leaf, Tensor) else type(leaf).__name__
         raise ValueError(
-            f"model output {pytree.keystr(path) or '(the output)'} is {what}, not a batch-first tensor: the "
-            "outputs of the example groups cannot be put together (compute the loss in loss_fn from the "
-            "targets rather than in the model, e.g. do not pass labels to a Hugging Face model; or return a "
-            "tensor, tuple, dict or registered pytree)"
+            f"model output {pytree.keystr(path) or '(the output)'} is {what}, neither a batch-first tensor "
+            "nor a scalar to average: the outputs of the example groups cannot be put together (return a "
+            "tensor, tuple, dict or registered pytree of them)"
         )
     return leaf
 
 
-def _cat_outputs(outputs: list[Any]) -> Any:
+def _join(column: Sequence[tuple[Any, Any]], sizes: Sequence[int]) -> Tensor:
+    """The groups' values of one output: batch-first tensors concatenated, a 0-d float (a loss the model
+    computed, e.g. a Hugging Face model given ``labels``) averaged with weights the groups' sizes, which is
+    the whole batch's mean for a loss that averages over examples."""
+    values = [_check_leaf(v, p) for p, v in column]
+    if values[0].ndim == 0:
+        return sum(v * (n / sum(sizes)) for v, n in zip(values, sizes, strict=True))
+    return torch.cat(values)
+
+
+def _cat_outputs(outputs: list[Any], sizes: list[int]) -> Any:
     flat = [pytree.tree_flatten_with_path(o) for o in outputs]
     spec = flat[0][1]
     if any(s != spec for _, s in flat):
         raise ValueError("the model's output structure differs between example groups; cannot concatenate")
     parts = zip(*(leaves for leaves, _ in flat), strict=True)
-    return pytree.tree_unflatten([torch.cat([_per_example(v, p) for p, v in col]) for col in parts], spec)
+    return pytree.tree_unflatten([_join(col, sizes) for col in parts], spec)
 
 
 def _unbind_groups(w: Tensor) -> tuple[Tensor, ...]:
@@ -103,10 +113,11 @@ def grouped_forward(
             unequal) or ``"loop"``.
 
     Returns:
-        Per task, the model's output (any pytree of batch-first tensors) for the ``B_t`` examples in order.
+        Per task, the model's output (any pytree of batch-first tensors) for the ``B_t`` examples in order;
+        a 0-d float output of each group (a loss) is their mean weighted by the groups' sizes.
 
     Raises:
-        ValueError: an output that is not batch-first (e.g. a scalar loss the model computed per group).
+        ValueError: an output leaf that is neither a tensor nor a 0-d float.
     """
     if method not in ("vmap", "loop"):
         raise ValueError(f"method must be 'vmap' or 'loop', got {method!r}")
@@ -133,17 +144,17 @@ def grouped_forward(
         leaves, spec = pytree.tree_flatten_with_path(out)
         regrouped = []
         for path, y in leaves:
-            _per_example(y[0], path)  # a per-group scalar comes back as (T * S,): no example dimension
-            regrouped.append(y.reshape(n_tasks, -1, *y.shape[2:]))
+            _check_leaf(y[0], path)
+            y = y.reshape(n_tasks, samples, *y.shape[1:])
+            # per group, a 0-d output (a loss) comes back as (T * S,); the groups are equal: a plain mean
+            regrouped.append(y.mean(1) if y.ndim == 2 else y.flatten(1, 2))
         out = pytree.tree_unflatten(regrouped, spec)
         return [pytree.tree_map(lambda y, t=t: y[t], out) for t in range(n_tasks)]
     groups = {n: _unbind_groups(w) for n, w in weights.items()}
     results = []
     for t, x in enumerate(inputs):
-        outs = [
-            functional_call(model, {n: g[t * samples + s] for n, g in groups.items()}, part.args, part.kwargs)
-            for s, part in enumerate(x.split(samples))
-            if part.flatten()[0][0].shape[0] > 0
-        ]
-        results.append(_cat_outputs(outs))
+        parts = [(s, part) for s, part in enumerate(x.split(samples)) if part.flatten()[0][0].shape[0] > 0]
+        outs = [functional_call(model, {n: g[t * samples + s] for n, g in groups.items()}, p.args, p.kwargs)
+                for s, p in parts]  # fmt: skip
+        results.append(_cat_outputs(outs, [part.flatten()[0][0].shape[0] for _, part in parts]))
     return results

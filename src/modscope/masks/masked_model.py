@@ -11,15 +11,15 @@ layer).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
-import torch.utils._pytree as pytree
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from modscope.checks import check_finite, check_positive_int, check_real
+from modscope.masks.batches import ModelInputs
 from modscope.masks.forward import grouped_forward, vmap_supported
 from modscope.masks.frozen import frozen
 from modscope.masks.gates import Gate, GumbelSigmoid
@@ -43,16 +43,21 @@ class MaskedModel(nn.Module):
     layer; gradients reach the logits only (straight-through). Eval mode: the deterministic read-out
     ``logit > 0``, the whole batch at once. The model is never modified, nor registered as a submodule: it
     is run in eval mode with its gradients off (:func:`~modscope.masks.frozen.frozen`), ``.to()`` moves
-    only the logits, ``state_dict()`` holds only them. Call it as the model is called: positional inputs
-    go through the vmapped grouped forward, keyword inputs (a Hugging Face model's ``input_ids=...``) through
-    a loop of ``functional_call``; batch-first tensors are split, other arguments passed as they are, and a
-    0-d output (a Hugging Face ``loss``) is the group-size-weighted mean of the groups'.
+    only the logits. Call it as the model is called (``mm(x)``, ``mm(**batch)``): every batch-first tensor
+    is split, other arguments are passed as they are (:mod:`~modscope.masks.forward`; a 0-d output such as a
+    Hugging Face ``loss`` is the group-size-weighted mean of the groups'). ``state_dict()`` holds the
+    logits and, as ``_extra_state``, the tasks' noise generators (a uint8 tensor), so that a run resumed
+    from it draws the same masks as one never stopped; :meth:`task_losses` runs every task in one call.
 
     A plain loop works::
 
         mm = MaskedModel(model, granularity="unit", tasks=("a", "b"), beta=1e-3)
-        opt = torch.optim.Adam(mm.parameters(), lr=1e-2)
+        opt = torch.optim.Adam(mm.parameters(), lr=3e-2)
         loss = task_loss(mm(x, task="a"), y) + mm.penalty("a"); loss.backward(); opt.step()
+
+    and so does Hugging Face's ``Trainer`` (one task, a batch with ``labels``): add ``mm.penalty()`` to the
+    loss in ``compute_loss``, and keep the batches' columns (``remove_unused_columns=False``: ``forward``
+    takes ``**kwargs``, which the Trainer cannot match against a dataset's columns).
 
     Args:
         model: any ``nn.Module``, inputs and outputs batch-first.
@@ -126,10 +131,15 @@ class MaskedModel(nn.Module):
                          "fallback": fallback, **gate.config(), **penalty.config()}  # fmt: skip
         n = self._weight.numel() if self._index is None else self.grouping.n_groups
         self.logits = nn.Parameter(torch.full((len(tasks), n), float(init), dtype=dtype, device=device))
-        self._generators = {t: torch.Generator().manual_seed(derive(seed, t)) for t in tasks}
+        self.generators = {t: torch.Generator().manual_seed(derive(seed, t)) for t in tasks}
         self._batch_sizes: dict[str, int] = {}
-        self._method = ("vmap" if vmap_supported(model) else "loop") if method == "auto" else method
+        self.method = ("vmap" if vmap_supported(model) else "loop") if method == "auto" else method
         self._auto = method == "auto"
+
+    @property
+    def n_weights(self) -> int:
+        """The number of masked weights."""
+        return self._weight.numel()
 
     def _task(self, task: str | None) -> int:
         if task is None:
@@ -154,23 +164,56 @@ class MaskedModel(nn.Module):
                        for n, k, s in zip(self.names, keep, self.shapes, strict=True)}  # fmt: skip
             with frozen(self.model):
                 return functional_call(self.model, weights, args, kwargs)
-        logits = self.logits[t : t + 1]
-        keys = self.gate.keys(self.samples, self._generators[self.tasks[t]])[None].to(logits.device)
-        aux, _ = self.gate.precompute(logits)
+        inputs = ModelInputs(args, kwargs)
+        self._batch_sizes[self.tasks[t]] = _batch_size(inputs)
+        return self._run(self._sample(t), [inputs])[0]
+
+    def task_losses(
+        self,
+        batches: Sequence[tuple[Any, Tensor]],
+        loss_fn: Callable[[Any, Tensor], Tensor] | Mapping[str, Callable[[Any, Tensor], Tensor]],
+        *,
+        aux: Any = None,
+    ) -> Tensor:
+        """``(T,)`` losses of every task at once (train mode): ``batches[t]`` is task ``t``'s ``(inputs,
+        targets)``, ``loss_fn`` one function or one per task name; all ``T * samples`` example groups run
+        in one vmapped call where they can. ``aux`` is the gate's ``precompute`` of the current logits
+        (computed when None). The step of :func:`~modscope.masks.train_masks`."""
+        if len(batches) != len(self.tasks):
+            raise ValueError(f"need one batch per task {list(self.tasks)}, got {len(batches)}")
+        inputs = [ModelInputs.of(x) for x, _ in batches]
+        self._batch_sizes.update((t, _batch_size(x)) for t, x in zip(self.tasks, inputs, strict=True))
+        outputs = self._run(self._sample(None, aux), inputs)
+        losses = []
+        for task, out, (_, targets) in zip(self.tasks, outputs, batches, strict=True):
+            loss = (loss_fn[task] if isinstance(loss_fn, Mapping) else loss_fn)(out, targets)
+            if not isinstance(loss, Tensor) or loss.numel() != 1:
+                raise ValueError(f"loss_fn must return a scalar tensor, got {loss!r} for task {task!r}")
+            losses.append(loss.reshape(()))
+        return torch.stack(losses)
+
+    def _sample(self, t: int | None, aux: Any = None) -> dict[str, Tensor]:
+        """``name -> (T', S, *shape)`` weights, one mask sample per example group of task ``t`` (all tasks
+        when None), the noise keys drawn from each task's generator."""
+        logits = self.logits if t is None else self.logits[t : t + 1]
+        names = self.tasks if t is None else (self.tasks[t],)
+        keys = torch.stack([self.gate.keys(self.samples, self.generators[n]) for n in names])
+        if aux is None:
+            aux, _ = self.gate.precompute(logits)
+        keys = keys.to(logits.device)
         sampled = self.gate.sample(logits, keys, self._weight, self.shapes, self._finite, aux)
-        weights = dict(zip(self.names, sampled, strict=True))
-        self._batch_sizes[self.tasks[t]] = _batch_size(args, kwargs)
+        return dict(zip(self.names, sampled, strict=True))
+
+    def _run(self, weights: dict[str, Tensor], inputs: list[ModelInputs]) -> list[Any]:
         with frozen(self.model):
-            if kwargs:
-                return _split_call(self.model, weights, args, kwargs, self.samples)
-            if self._auto and self._method == "vmap":
-                self._auto = False
+            if self._auto and self.method == "vmap":
+                self._auto = False  # decided on the first call, for good
                 try:
-                    return grouped_forward(self.model, weights, [args], self.samples, "vmap")[0]
+                    return grouped_forward(self.model, weights, inputs, self.samples, "vmap")
                 except (RuntimeError, NotImplementedError) as exc:
-                    log.warning("vmap failed on %s (%s); using the loop", type(self.model).__name__, exc)
-                    self._method = "loop"
-            return grouped_forward(self.model, weights, [args], self.samples, self._method)[0]
+                    log.info("vmap failed on %s (%s); using the loop", type(self.model).__name__, exc)
+                    self.method = "loop"
+            return grouped_forward(self.model, weights, inputs, self.samples, self.method)
 
     def _sizes(self) -> list[int]:
         return [int(torch.Size(s).numel()) for s in self.shapes]
@@ -188,9 +231,9 @@ class MaskedModel(nn.Module):
         batch = torch.tensor(sizes, dtype=self.logits.dtype, device=self.logits.device)
         return self.penalty_fn(self.logits[list(rows)], batch).sum()
 
-    def masks(self) -> MaskSet:
+    def masks(self, hparams: Mapping[str, Any] | None = None) -> MaskSet:
         """The read-out ``logit > 0`` per task as a :class:`~modscope.masks.MaskSet` of per-weight logits
-        (a group's logit copied to its weights); ``hparams`` record the settings."""
+        (a group's logit copied to its weights), recording ``hparams`` (default: :attr:`settings`)."""
         final = self.expanded_logits().detach()
         per_task = {
             t: {n: from_flat(v, s).clone(memory_format=torch.contiguous_format)
@@ -198,39 +241,24 @@ class MaskedModel(nn.Module):
             for i, t in enumerate(self.tasks)
         }  # fmt: skip
         fingerprint = model_fingerprint(self.model, self.names)
-        return MaskSet.from_logits(per_task, hparams=dict(self.settings), fingerprint=fingerprint)
+        hparams = dict(self.settings if hparams is None else hparams)
+        return MaskSet.from_logits(per_task, hparams=hparams, fingerprint=fingerprint)
+
+    def get_extra_state(self) -> Tensor:
+        """The tasks' noise generators, ``(T, L)`` uint8: a tensor, so safetensors files keep it."""
+        return torch.stack([g.get_state() for g in self.generators.values()])
+
+    def set_extra_state(self, state: Any) -> None:
+        n = len(self.tasks)
+        if not isinstance(state, Tensor) or state.dtype != torch.uint8 or state.shape[:1] != (n,):
+            raise ValueError(f"extra state: expected the {n} task generators' states as a uint8 tensor "
+                             f"(T, L), got {state!r}")  # fmt: skip
+        for g, s in zip(self.generators.values(), state.cpu(), strict=True):
+            g.set_state(s.contiguous())
 
 
-def _batch_size(args: tuple, kwargs: dict) -> int:
-    for leaf in pytree.tree_leaves((args, kwargs)):
-        if isinstance(leaf, Tensor) and leaf.ndim > 0:
+def _batch_size(inputs: ModelInputs) -> int:
+    for leaf in inputs.flatten()[0]:
+        if leaf.ndim > 0:
             return int(leaf.shape[0])
     raise ValueError("no batch-first tensor among the inputs")
-
-
-def _split_call(model: nn.Module, weights: dict[str, Tensor], args: tuple, kwargs: dict, samples: int) -> Any:
-    """Group ``s`` of the batch-first tensors in ``args``/``kwargs`` under ``weights[n][0, s]``; outputs
-    concatenated, 0-d outputs averaged weighted by group size."""
-    leaves, spec = pytree.tree_flatten((args, kwargs))
-    b = _batch_size(args, kwargs)
-    split = [isinstance(x, Tensor) and x.ndim > 0 and x.shape[0] == b for x in leaves]
-    bounds = [len(c) for c in torch.tensor_split(torch.arange(b), samples)]
-    outs, sizes, start = [], [], 0
-    for s, size in enumerate(bounds):
-        if size == 0:
-            continue
-        part = [x[start : start + size] if cut else x for x, cut in zip(leaves, split)]
-        a, k = pytree.tree_unflatten(part, spec)
-        outs.append(functional_call(model, {n: w[0, s] for n, w in weights.items()}, a, k))
-        sizes.append(size)
-        start += size
-    flat, specs = zip(*(pytree.tree_flatten(o) for o in outs), strict=True)
-
-    def join(parts: tuple) -> Any:
-        if not isinstance(parts[0], Tensor):
-            return parts[0]
-        if parts[0].ndim == 0:
-            return sum(p * (n / b) for p, n in zip(parts, sizes))
-        return torch.cat(parts)
-
-    return pytree.tree_unflatten([join(p) for p in zip(*flat, strict=True)], specs[0])

@@ -1,68 +1,22 @@
-"""One step of mask training: the task losses under sampled masks, their gradient, and the logit update.
+"""One update of mask training: the penalty's gradient, per-task clipping, and the optimizer step.
 
-:func:`~modscope.masks.train_masks` (the driver) folds these over the steps; they touch nothing but the
-logits and the optimizer's state. Tasks never interact: each loss depends on its own logits only, the
-penalty and the clipping are per task, and Adam is element-wise.
+:func:`~modscope.masks.train_masks` (the driver) folds it over the steps, after
+:meth:`~modscope.masks.MaskedModel.task_losses`; it touches nothing but the logits and the optimizer's
+state. Tasks never interact: each loss depends on its own logits only, the penalty and the clipping are per
+task, and Adam is element-wise.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from modscope.masks.batches import Batch
-from modscope.masks.forward import Method, grouped_forward
-from modscope.masks.gates import Gate
 from modscope.masks.penalty import Penalty
 
-__all__ = ["MaskedLosses", "clip_per_task", "mask_update"]
-
-
-@dataclass(frozen=True)
-class MaskedLosses:
-    """A frozen model seen through mask logits: ``weight`` ``(N,)`` holds the masked parameters ``names``
-    (of ``shapes``) in the flat layout of :func:`~modscope.masks.sampling.to_flat`; ``samples`` mask samples
-    per task and step, drawn by ``gate``; ``loss_fn(outputs, targets)`` the loss of task ``tasks[t]``."""
-
-    model: nn.Module
-    names: tuple[str, ...]
-    shapes: tuple[tuple[int, ...], ...]
-    weight: Tensor
-    finite: bool
-    samples: int
-    gate: Gate
-    loss_fn: Callable[[Any, Tensor], Tensor]
-    tasks: tuple[str, ...]
-
-    def losses(self, logits: Tensor, batches: Sequence[Batch], keys: Tensor, aux: Any, how: Method) -> Tensor:
-        """``(T,)`` task losses of one step: task ``t``'s batch split into ``samples`` groups, group ``s``
-        under mask sample ``(t, s)`` (``keys`` ``(T, S, 2)``; ``aux`` from the gate's ``precompute``)."""
-        sampled = self.gate.sample(logits, keys, self.weight, self.shapes, self.finite, aux)
-        substituted = dict(zip(self.names, sampled, strict=True))
-        outputs = grouped_forward(self.model, substituted, [args for args, _ in batches], self.samples, how)
-        task_losses = []
-        for t, (out, (_, targets)) in enumerate(zip(outputs, batches, strict=True)):
-            loss = self.loss_fn(out, targets)
-            if not isinstance(loss, Tensor) or loss.numel() != 1:
-                raise ValueError(
-                    f"loss_fn must return a scalar tensor, got {loss!r} for task {self.tasks[t]!r}"
-                )
-            task_losses.append(loss.reshape(()))
-        return torch.stack(task_losses)
-
-    def gradient(
-        self, logits: Tensor, batches: Sequence[Batch], keys: Tensor, aux: Any, how: Method
-    ) -> tuple[Tensor, Tensor]:
-        """``(grad, losses)``: the gradient ``(T, N)`` of the summed task losses in the logits, and the
-        ``(T,)`` losses (detached)."""
-        task_losses = self.losses(logits, batches, keys, aux, how)
-        (grad,) = torch.autograd.grad(task_losses.sum(), logits)
-        return grad, task_losses.detach()
+__all__ = ["clip_per_task", "mask_update"]
 
 
 def clip_per_task(grad: Tensor, max_norm: float) -> None:

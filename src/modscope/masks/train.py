@@ -1,11 +1,11 @@
 """Training differentiable weight masks for several sub-tasks at once on a frozen network.
 
 Csordás, van Steenkiste, Schmidhuber, "Are Neural Nets Modular? Inspecting Functional Modularity Through
-Differentiable Weight Masks", ICLR 2021 (arXiv:2010.02066), §2; SPEC §2.1. :func:`train_masks` is the driver:
-it checks the arguments, restores or starts the logits, optimizer and generators through a
-:class:`~modscope.checkpoint.Checkpointer`, and folds the step of :mod:`modscope.masks.step` over the batches
-of :class:`~modscope.masks.batches.TaskBatches`, sampling with a :class:`~modscope.masks.gates.Gate` under a
-:class:`~modscope.masks.penalty.Penalty`.
+Differentiable Weight Masks", ICLR 2021 (arXiv:2010.02066), §2; SPEC §2.1. :func:`train_masks` is a driver
+over a :class:`~modscope.masks.MaskedModel` (which holds the logits, the gate, the penalty and the noise
+generators): it checks the arguments, restores or starts the logits, optimizer and generators through a
+:class:`~modscope.checkpoint.Checkpointer`, and folds :meth:`~modscope.masks.MaskedModel.task_losses` and
+the update of :mod:`modscope.masks.step` over the batches of :class:`~modscope.masks.batches.TaskBatches`.
 """
 
 from __future__ import annotations
@@ -22,18 +22,13 @@ from modscope.atomic import check_writable
 from modscope.checkpoint import Checkpointer
 from modscope.masks.batches import TaskBatches
 from modscope.masks.checks import check_mask_arguments
-from modscope.masks.forward import vmap_supported
-from modscope.masks.frozen import frozen
 from modscope.masks.gates import Gate, GumbelSigmoid
-from modscope.masks.grouped import GroupedGate, GroupedPenalty
-from modscope.masks.grouping import groupings
+from modscope.masks.masked_model import MaskedModel
 from modscope.masks.maskset import MaskSet, model_fingerprint
 from modscope.masks.penalty import LogitPenalty, Penalty
-from modscope.masks.sampling import from_flat, to_flat
 from modscope.masks.selection import Include, select_parameters
-from modscope.masks.step import MaskedLosses, mask_update
+from modscope.masks.step import mask_update
 from modscope.progress import Progress, notify
-from modscope.seeding import derive
 
 __all__ = ["train_masks"]
 
@@ -47,7 +42,7 @@ _LAYOUT_KEYS = ("tasks", "params", "shapes", "fingerprint", "layout", "noise")
 def train_masks(
     model: nn.Module,
     tasks: Mapping[str, Any],
-    loss_fn: Callable[[Any, Tensor], Tensor],
+    loss_fn: Callable[[Any, Tensor], Tensor] | Mapping[str, Callable[[Any, Tensor], Tensor]],
     *,
     steps: int,
     beta: float | None = None,
@@ -87,8 +82,8 @@ def train_masks(
             ``inputs`` is a tensor, a tuple of tensors or a mapping of keyword inputs (a dict, a
             ``BatchEncoding``); a batch may also be one mapping with the targets under ``"labels"``
             (:mod:`~modscope.masks.batches`).
-        loss_fn: ``loss_fn(outputs, targets) -> scalar tensor`` (mean over the batch); ``outputs`` is what
-            the model returns for the task's batch.
+        loss_fn: ``loss_fn(outputs, targets) -> scalar tensor`` (mean over the batch), or a mapping ``task
+            -> loss_fn`` (one per task); ``outputs`` is what the model returns for the task's batch.
         steps: number of optimizer steps (a positive int).
         beta: weight of the default penalty :class:`~modscope.masks.penalty.LogitPenalty` (finite, >= 0);
             give ``beta`` or ``penalty``, not both.
@@ -142,24 +137,14 @@ def train_masks(
     if isinstance(granularity, Mapping) and include is not None:
         raise ValueError("give include or a mapping as granularity, not both")
     selected = None if isinstance(granularity, Mapping) else select_parameters(model, include)
-    # per weight, no group ids are built (an int64 per weight): the logits are the weights' own
-    grouping = None if granularity == "weight" else groupings(model, granularity, names=selected,
-                                                              fallback=fallback)  # fmt: skip
-    names = selected if grouping is None else grouping.names
-    params = dict(model.named_parameters())
-    shapes = tuple(tuple(params[n].shape) for n in names)
-    sizes = [params[n].numel() for n in names]
-    # flat layout of the logits, noise and weights: sampling.to_flat (2-d parameters stored transposed)
-    weight = torch.cat([to_flat(params[n].detach(), s) for n, s in zip(names, shapes, strict=True)])
-    if not weight.is_floating_point():
-        raise ValueError(f"masked parameters must be floating point, got {weight.dtype}")
-    device, dtype = weight.device, weight.dtype
     task_names = list(tasks)
-    fingerprint = model_fingerprint(model, names)
+    mm = MaskedModel(model, granularity=granularity, names=selected, fallback=fallback, tasks=task_names,
+                     samples=samples, init=init, penalty=penalty, gate=gate, seed=seed,
+                     method=method)  # fmt: skip
     config = {
         "tasks": task_names,
-        "params": list(names),
-        "shapes": [list(s) for s in shapes],
+        "params": list(mm.names),
+        "shapes": [list(s) for s in mm.shapes],
         **penalty.config(),
         "lr": float(lr),
         "samples": samples,
@@ -167,25 +152,14 @@ def train_masks(
         "batch_size": batch_size,
         "seed": seed,
         "max_grad_norm": max_grad_norm,
-        "fingerprint": fingerprint,
+        "fingerprint": model_fingerprint(model, mm.names),
         "layout": "flat-2d-transposed",
         **gate.config(),
     }
-    # one logit per group, expanded by index (grouped.py); "weight" keeps the fused per-weight path
-    index = None if grouping is None else grouping.flat_index().to(device)
-    if grouping is not None:
-        config.update(grouping.config(), fallback=fallback)
-        implied = tuple(n in grouping.implied for n in names)
-        gate = GroupedGate(gate, index, grouping.sizes().to(device), implied)
-        penalty = GroupedPenalty(penalty, index)
-    finite = bool(torch.isfinite(weight).all())
-    masked = MaskedLosses(model, names, shapes, weight, finite, samples, gate, loss_fn, tuple(task_names))
-
-    generators = [torch.Generator().manual_seed(derive(seed, t)) for t in task_names]
+    if mm.grouping is not None:
+        config.update(mm.grouping.config(), fallback=fallback)
+    logits, generators = mm.logits, list(mm.generators.values())
     streams = [TaskBatches(t, tasks[t], batch_size, g) for t, g in zip(task_names, generators, strict=True)]
-    n_logits = weight.numel() if grouping is None else grouping.n_groups
-    logits = torch.full((len(task_names), n_logits), float(init), dtype=dtype, device=device,
-                        requires_grad=True)  # fmt: skip
     try:  # one fused kernel instead of about ten passes over the logits (the same update, elementwise)
         optimizer = torch.optim.Adam([logits], lr=lr, fused=True)
     except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
@@ -193,55 +167,33 @@ def train_masks(
     checkpointer = Checkpointer(checkpoint, checkpoint_every, config, format=CHECKPOINT_FORMAT)
     start = _resume(checkpointer, steps, logits, optimizer, generators, streams)
 
-    use = method
-    if method == "auto":
-        use = "vmap" if vmap_supported(model) else "loop"
-    aux, _ = gate.precompute(logits)
-    with frozen(model):
-        for step in range(start, steps):
-            batches = []
-            for stream in streams:
-                inputs, targets = next(stream)
-                batches.append((inputs.to(device), targets.to(device)))
-            keys = torch.stack([gate.keys(samples, g) for g in generators]).to(device)
-            if method == "auto" and step == start and use == "vmap":
-                try:
-                    grad, task_losses = masked.gradient(logits, batches, keys, aux, "vmap")
-                except (RuntimeError, NotImplementedError) as exc:
-                    log.warning("vmap failed on %s (%s); using the per-group loop", type(model).__name__, exc)
-                    use = "loop"
-                    grad, task_losses = masked.gradient(logits, batches, keys, aux, "loop")
-            else:
-                grad, task_losses = masked.gradient(logits, batches, keys, aux, use)
-            batch_sizes = torch.tensor([len(tg) for _, tg in batches], dtype=dtype, device=device)
-            values = mask_update(logits, grad, task_losses, optimizer, penalty=penalty,
-                                 batch_sizes=batch_sizes, max_grad_norm=max_grad_norm, tasks=task_names,
-                                 step=step)  # fmt: skip
-            aux, kept = gate.precompute(logits)
-            done = step + 1
-            if checkpointer.due(done) or (checkpoint is not None and done == steps):
-                checkpointer.save({"step": done, "logits": logits.detach().cpu().clone(),
-                                   "optimizer": optimizer.state_dict(),
-                                   "rng": [g.get_state() for g in generators]})  # fmt: skip
-            if progress is not None:
-                fractions = [c / weight.numel() for c in kept.tolist()]
-                info = {"loss": dict(zip(task_names, values, strict=True)),
-                        "kept": dict(zip(task_names, fractions, strict=True))}  # fmt: skip
-                notify(progress, "masks", done, steps, info)
-            if done % 1000 == 0 or done == steps:
-                log.debug("mask step %d/%d loss %s", done, steps, values)
+    device = logits.device
+    aux, _ = mm.gate.precompute(logits)
+    for step in range(start, steps):
+        batches = [(x.to(device), y.to(device)) for x, y in (next(stream) for stream in streams)]
+        task_losses = mm.task_losses(batches, loss_fn, aux=aux)
+        (grad,) = torch.autograd.grad(task_losses.sum(), logits)
+        batch_sizes = torch.tensor([len(y) for _, y in batches], dtype=logits.dtype, device=device)
+        values = mask_update(logits, grad, task_losses.detach(), optimizer, penalty=mm.penalty_fn,
+                             batch_sizes=batch_sizes, max_grad_norm=max_grad_norm, tasks=task_names,
+                             step=step)  # fmt: skip
+        aux, kept = mm.gate.precompute(logits)
+        done = step + 1
+        if checkpointer.due(done) or (checkpoint is not None and done == steps):
+            checkpointer.save({"step": done, "logits": logits.detach().cpu().clone(),
+                               "optimizer": optimizer.state_dict(),
+                               "rng": [g.get_state() for g in generators]})  # fmt: skip
+        if progress is not None:
+            fractions = [c / mm.n_weights for c in kept.tolist()]
+            info = {"loss": dict(zip(task_names, values, strict=True)),
+                    "kept": dict(zip(task_names, fractions, strict=True))}  # fmt: skip
+            notify(progress, "masks", done, steps, info)
+        if done % 1000 == 0 or done == steps:
+            log.debug("mask step %d/%d loss %s", done, steps, values)
 
-    final = logits.detach() if index is None else logits.detach()[:, index]
-    per_task = {
-        t: {
-            n: from_flat(v, s).clone(memory_format=torch.contiguous_format)
-            for n, v, s in zip(names, final[i].split(sizes), shapes, strict=True)
-        }
-        for i, t in enumerate(task_names)
-    }
     hparams = {k: v for k, v in config.items() if k not in _LAYOUT_KEYS}
-    hparams.update(steps=steps, method=use)
-    return MaskSet.from_logits(per_task, hparams=hparams, fingerprint=fingerprint)
+    hparams.update(steps=steps, method=mm.method)
+    return mm.masks(hparams)
 
 
 def _resume(
