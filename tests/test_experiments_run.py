@@ -122,6 +122,19 @@ def test_seconds_add_up_over_resumed_segments(tmp_path):
     assert 10.0 <= again.seconds() < 20.0
 
 
+def test_a_killed_run_keeps_its_wall_time_up_to_the_last_minute(tmp_path):
+    run = Run(tmp_path, "x", "quick", {})
+    run.checkpoint_prefix("a")  # claims the folder, as a unit in progress does
+    run._started -= 30.0
+    run.report("masks", 1, 10)  # under a minute since the last save: run.json is not rewritten
+    assert json.loads((tmp_path / "run.json").read_text())["seconds"] < 1.0
+    run._started -= 600.0
+    run._saved_at -= 600.0  # a unit ten minutes in, then killed: its time is on disk
+    run.report("masks", 2, 10)
+    assert 630.0 <= json.loads((tmp_path / "run.json").read_text())["seconds"] < 640.0
+    assert 630.0 <= Run(tmp_path, "x", "quick", {}).seconds() < 640.0
+
+
 def test_progress_is_forwarded_and_optional(tmp_path):
     seen = []
     Run(tmp_path / "a", "x", "quick", {}, progress=lambda *a: seen.append(a)).report("networks", 1, 2)

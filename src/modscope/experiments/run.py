@@ -2,7 +2,7 @@
 
 Layout of ``out``::
 
-    run.json                 experiment, setting and config this folder belongs to
+    run.json                 experiment, setting and config this folder belongs to; wall time so far
     units/KEY.json           one finished unit (a network trained and analysed), written atomically
     models/KEY.safetensors   that unit's network, when it keeps one
     checkpoints/KEY.*        training checkpoints of the unit in progress (deleted when it finishes)
@@ -33,6 +33,8 @@ from modscope.progress import Progress, notify
 __all__ = ["Progress", "Run"]
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
+#: how often (seconds) progress reports rewrite run.json's wall time
+SAVE_SECONDS_EVERY = 60.0
 
 
 def _canonical(doc: Any) -> Any:
@@ -63,7 +65,7 @@ class Run:
         self.setting = setting
         self.config = _canonical(dict(config))
         self.progress = progress
-        self._started = time.perf_counter()
+        self._started = self._saved_at = time.perf_counter()
         self._head = head = {"experiment": experiment, "setting": setting, "config": self.config}
         self._claimed = False
         marker = self.out / "run.json"
@@ -172,8 +174,14 @@ class Run:
         return doc
 
     def report(self, label: str, done: int, total: int, info: Mapping[str, Any] | None = None) -> None:
-        """The library's progress protocol (:mod:`modscope.progress`), passed on to the run's callback."""
+        """The library's progress protocol (:mod:`modscope.progress`), passed on to the run's callback.
+
+        Also the run's clock: once claimed, ``run.json``'s seconds are rewritten at most every
+        ``SAVE_SECONDS_EVERY`` seconds, so a killed run loses that much of its wall time, not a unit's hours.
+        """
         notify(self.progress, label, done, total, info)
+        if self._claimed and time.perf_counter() - self._saved_at >= SAVE_SECONDS_EVERY:
+            self._save_seconds()
 
     def seconds(self) -> float:
         """Wall time of this run, summed over resumed segments."""
@@ -181,3 +189,4 @@ class Run:
 
     def _save_seconds(self) -> None:
         write_json_atomic(self.out / "run.json", {**self._head, "seconds": self.seconds()})
+        self._saved_at = time.perf_counter()
