@@ -58,6 +58,7 @@ import numpy as np
 from bench_clusterability import K, reference
 from modscope.cluster import clusterability, null_graphs
 from modscope.graph import WeightGraph
+from modscope.user_code import first_line
 
 SECONDS_TARGET = 600.0  # issue 12: ResNet-50, 1 + 100 clusterings, 2 cores
 NCUT_TOLERANCE = 1e-3  # "no worse": mean n-cut ratio modscope / reference at most 1.001
@@ -204,8 +205,8 @@ def compare(name: str, scenario: Scenario, n_shuffles: int, n_ref: int, jobs: in
     t = time.perf_counter()
     try:
         graph = scenario.build(0)
-    except Exception as exc:  # GraphError today for attention; a missing package; ...
-        first = (str(exc).strip().splitlines() or [""])[0]
+    except Exception as exc:  # a GraphError, a missing package, ...
+        first = first_line(exc)
         print(f"SKIPPED: the graph cannot be built ({type(exc).__name__}: {first[:300]})")
         return {"skipped": f"{type(exc).__name__}: {first}"}
     build_seconds = time.perf_counter() - t

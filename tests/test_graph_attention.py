@@ -212,6 +212,16 @@ def test_what_attention_cannot_represent_is_named():
 
     with pytest.raises(GraphError, match="feature dimension"):
         WeightGraph.from_module(Sliced(), example_inputs=(torch.randn(3, 5, 6),))
+    class Feature(nn.Module):  # one feature of each token, traced without shapes
+        def __init__(self):
+            super().__init__()
+            self.emb, self.head = nn.Embedding(10, D), nn.Linear(5, 2)
+
+        def forward(self, ids):
+            return self.head(self.emb(ids)[:, :, 0])
+
+    with pytest.raises(GraphError, match="feature dimension"):
+        WeightGraph.from_module(Feature())
     relative = BertLayout()
     settings = {"num_attention_heads": 2, "position_embedding_type": "relative_key"}
     relative.config = type("config", (), settings)

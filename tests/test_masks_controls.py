@@ -165,7 +165,7 @@ def test_double_addition_reports_the_controls_next_to_the_real_masks(tmp_path, o
     assert real[2:4] == [sum(unit["kept"][t].values()) for t in ("pair 1", "pair 2")]
     assert shuffled[2:4] == [sum(unit["controls"]["shuffled_labels"]["kept"][t].values())
                              for t in ("pair 1", "pair 2")]  # fmt: skip
-    # the controls' masks: a quarter of the steps (2 of 8) at four times the lr, checkpoints cleaned up
+    # the controls' checkpoints are cleaned up with the unit's
     assert not any((tmp_path / "on" / "checkpoints").glob("*"))
     off = reproduce("double-addition", tmp_path / "off", overrides={**_TINY_DA, "controls": False})
     assert not [s for s in off.sections if s["title"].startswith("Sanity controls")]

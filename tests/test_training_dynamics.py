@@ -93,10 +93,11 @@ def test_training_dynamics_gives_one_point_per_kept_step_and_is_deterministic(tm
     assert steps == snapshot_steps(3 * per_epoch, 12) and steps[0] == 0
     clusters, masks = result.sections
     assert clusters["kind"] == masks["kind"] == "lines"
-    for s in (clusters, masks):
-        for name in ("network", "layer shuffles (mean)", "test accuracy", "IoU of the masks"):
-            if name in s["series"]:
-                assert [x for x, _ in s["series"][name]] == steps
+    names = ("network", "layer shuffles (mean)", "test accuracy", "IoU of the masks")
+    series = {n: s["series"][n] for s in (clusters, masks) for n in names if n in s["series"]}
+    assert set(series) == set(names)
+    for points in series.values():
+        assert [x for x, _ in points] == steps
     assert [r[0] for r in result.summary["rows"]] == steps
     for step, row in zip(steps, result.summary["rows"], strict=True):
         assert row[3] == result.units[f"step-{step:07d}"]["clusters"]["ncut"]

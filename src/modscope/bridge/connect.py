@@ -11,7 +11,7 @@ import numpy as np
 from modscope.bridge.null import same_size_labels
 from modscope.bridge.result import BridgeResult
 from modscope.bridge.scores import observe, score_names
-from modscope.bridge.usage import NONE, SHARED, Usage, assignment, unit_usage, weight_usage
+from modscope.bridge.usage import NONE, SHARED, Usage, unit_usage, weight_usage
 from modscope.graph import WeightGraph
 from modscope.progress import Progress, notify
 from modscope.seeding import check_seed, numpy_rng
@@ -154,7 +154,7 @@ def bridge(
         for n in names:
             from_shuffled[n].append(s[n])
         notify(progress, "bridge", n_null + j + 1, total)
-    assign = assignment(usage.used)
+    assign = usage.assignment
     units = {"one task": int(np.count_nonzero(assign >= 0)), "none": int(np.count_nonzero(assign == NONE)),
              "shared": int(np.count_nonzero(assign == SHARED))}  # fmt: skip
     rules = {**RULES, "layout": "module types of model" if model is not None else "parameter shapes"}

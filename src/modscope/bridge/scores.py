@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from modscope.bridge.usage import Usage, assignment
+from modscope.bridge.usage import Usage
 
 __all__ = ["PER_TASK", "Observation", "observe", "score_names"]
 
@@ -78,7 +78,7 @@ def observe(labels: np.ndarray, k: int, usage: Usage) -> Observation:
             weight_counts[:, t] = np.bincount(a[inside], weights=usage.counts[inside, t], minlength=k)[:k]
         weight_share = _shares(weight_counts, usage.counts.sum(axis=0)[None, :])
         across = 1.0 - weight_share.sum(axis=0)
-    assign = assignment(usage.used)
+    assign = usage.assignment
     keep = (assign >= 0) & (labels >= 0)
     if np.unique(assign[keep]).size >= 2:
         scores["ari"] = float(adjusted_rand_score(assign[keep], labels[keep]))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,11 @@ class Usage:
     @property
     def granularity(self) -> str:
         return "unit" if self.counts is None else "weight"
+
+    @cached_property
+    def assignment(self) -> np.ndarray:
+        """:func:`assignment` of :attr:`used`, computed once (the nulls read it for every draw)."""
+        return assignment(self.used)
 
 
 def weight_usage(graph: WeightGraph, masks: Mapping[str, Mapping[str, Any]], *, model: Any = None) -> Usage:

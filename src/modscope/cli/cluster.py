@@ -173,8 +173,9 @@ def run(args: argparse.Namespace) -> int:
     model, described = load_any(args.model, arch=args.arch, seed=args.init_seed, factory_args=factory_args)
     input_shape = args.input_shape or described["input_shape"]
     example = None if input_shape is not None else example_inputs(described)
+    residual = resolve_residual(model, args.residual)
     graph = WeightGraph.from_module(
-        model, input_shape, example_inputs=example, channel_norm=args.channel_norm, residual=args.residual,
+        model, input_shape, example_inputs=example, channel_norm=args.channel_norm, residual=residual,
         include_inputs=not args.no_inputs, include_outputs=not args.no_outputs,
     )  # fmt: skip
     print(f"model       {described['label']}")
@@ -215,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
                 "n_init": args.n_init,
                 "patience": args.patience,
                 "channel_norm": args.channel_norm,
-                "residual": resolve_residual(model, args.residual),
+                "residual": residual,
                 "include_inputs": not args.no_inputs,
                 "include_outputs": not args.no_outputs,
                 "input_shape": None if input_shape is None else list(input_shape),

@@ -81,7 +81,6 @@ from modscope.experiments.controls import (
     check_controls_config,
     check_controls_unit,
     controls_section,
-    masks_doc,
 )
 from modscope.experiments.run import Run
 from modscope.masks import MaskEvalTable, MaskSet, iomin, iou, p_specialize, sharing
@@ -225,11 +224,10 @@ def _unit(run: Run, config: Mapping[str, Any], kind: str, sizes: str, i: int) ->
         found = analyze(model, masks, evals, reference=config["reference"])
         doc.update(kind=kind, width=sizes, network=i, **found)
         if check_controls_config(config):
-            controls = arithmetic_controls(run, run.checkpoint_prefix(key), model, tasks, seed, config)
-            doc["controls"] = {
-                name: masks_doc(m, analyze(net, m, evals, reference=config["reference"]))
-                for name, (net, m) in controls.items()
-            }
+            doc["controls"] = arithmetic_controls(
+                run, run.checkpoint_prefix(key), model, tasks, seed, config,
+                lambda net, m: analyze(net, m, evals, reference=config["reference"]),
+            )
         return finite(doc)
 
     return key, run.unit(key, compute, check=_check_unit)

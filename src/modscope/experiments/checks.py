@@ -35,12 +35,17 @@ def check_number(config: Mapping[str, Any], key: str, *, positive: bool) -> floa
     return check_real(config[key], key, positive=positive)
 
 
-def check_fraction(config: Mapping[str, Any], key: str, *, high_open: bool = True) -> float:
-    """``config[key]`` as a number in (0, 1), or any positive number with ``high_open=False``."""
+_HIGH = {"open": ("in (0, 1)", lambda v: v < 1), "closed": ("in (0, 1]", lambda v: v <= 1),
+         "none": ("positive", lambda v: True)}  # fmt: skip
+
+
+def check_fraction(config: Mapping[str, Any], key: str, *, high: str = "open") -> float:
+    """``config[key]`` as a positive number, below 1 (``high="open"``), at most 1 (``"closed"``) or
+    unbounded (``"none"``)."""
+    want, below = _HIGH[high]
     v = config[key]
     ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-    if not ok or (high_open and v >= 1):
-        want = "in (0, 1)" if high_open else "positive"
+    if not ok or not below(v):
         raise ValueError(f"{key} must be a number {want}, got {v!r}")
     return float(v)
 

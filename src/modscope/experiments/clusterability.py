@@ -202,7 +202,7 @@ def check_config(config: Mapping[str, Any]) -> str:
     check_int(config, "shuffles", 2)
     check_n_jobs(config)
     check_fraction(config, "dropout")
-    check_fraction(config, "l1", high_open=False)
+    check_fraction(config, "l1", high="none")
     return template
 
 

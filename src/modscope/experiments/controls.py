@@ -27,7 +27,7 @@ from modscope.results import table
 
 __all__ = [
     "LABELS", "arithmetic_controls", "budget_note", "check_controls_config", "check_controls_unit",
-    "control_budget", "controls_section", "masks_doc",
+    "control_budget", "controls_section",
 ]  # fmt: skip
 
 #: How reports name the real masks and each control.
@@ -42,9 +42,7 @@ def check_controls_config(config: Mapping[str, Any]) -> bool:
     if not isinstance(on, bool):
         raise ValueError(f"controls must be true or false, got {on!r}")
     if "control_share" in config:
-        check_fraction(config, "control_share", high_open=False)
-        if config["control_share"] > 1:
-            raise ValueError(f"control_share must be a number in (0, 1], got {config['control_share']!r}")
+        check_fraction(config, "control_share", high="closed")
     return on
 
 
@@ -64,12 +62,6 @@ def budget_note(config: Mapping[str, Any]) -> str:
     )
 
 
-def masks_doc(masks: MaskSet, found: Mapping[str, Any]) -> dict[str, Any]:
-    """A control's unit fields: the experiment's analysis ``found`` (with its evaluation ``table``) and the
-    kept count of every task's mask per layer."""
-    return {**found, "kept": {t: masks[t].kept() for t in masks.tasks}}
-
-
 def arithmetic_controls(
     run: Run,
     prefix: str,
@@ -77,16 +69,18 @@ def arithmetic_controls(
     tasks: Mapping[str, Any],
     seed: int,
     config: Mapping[str, Any],
-) -> dict[str, tuple[Any, MaskSet]]:
-    """Each control's network and masks, ``name -> (model, masks)``, for the arithmetic experiments: the
-    masks trained one task after another like the real ones (:func:`~.arithmetic.mask_tasks`, with
-    :func:`control_budget`), checkpointed under ``{prefix}.{name}``."""
+    analyze: Callable[[Any, MaskSet], Mapping[str, Any]],
+) -> dict[str, dict[str, Any]]:
+    """Each control's unit fields, ``name -> doc``, for the arithmetic experiments: the masks trained one
+    task after another like the real ones (:func:`~.arithmetic.mask_tasks`, with :func:`control_budget`),
+    checkpointed under ``{prefix}.{name}``; ``doc`` is the experiment's ``analyze(network, masks)`` (with its
+    evaluation ``table``) and the kept count of every task's mask per layer."""
     steps, lr = control_budget(config)
     out = {}
     for name, setup in control_setups(model, tasks, seed=seed).items():
         masks, _ = mask_tasks(run, f"{prefix}.{name}", setup.model, setup.tasks, seed, config, steps=steps,
                               lr=lr, label=LABELS[name])  # fmt: skip
-        out[name] = (setup.model, masks)
+        out[name] = {**analyze(setup.model, masks), "kept": {t: masks[t].kept() for t in masks.tasks}}
     return out
 
 

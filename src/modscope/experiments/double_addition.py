@@ -85,7 +85,6 @@ from modscope.experiments.controls import (
     check_controls_config,
     check_controls_unit,
     controls_section,
-    masks_doc,
 )
 from modscope.experiments.run import Run
 from modscope.masks import Mask, MaskEvalTable, MaskSet, iomin, iou, p_reuse, relative_drop
@@ -239,11 +238,10 @@ def _unit(run: Run, config: Mapping[str, Any], i: int) -> tuple[str, dict[str, A
         model, masks, doc = train_and_mask(run, key, RECIPE, _spec(config), seed, config, tasks)
         doc.update(network=i, **analyze(model, masks, evals, reference=config["reference"]))
         if check_controls_config(config):
-            controls = arithmetic_controls(run, run.checkpoint_prefix(key), model, tasks, seed, config)
-            doc["controls"] = {
-                name: masks_doc(m, analyze(net, m, evals, reference=config["reference"]))
-                for name, (net, m) in controls.items()
-            }
+            doc["controls"] = arithmetic_controls(
+                run, run.checkpoint_prefix(key), model, tasks, seed, config,
+                lambda net, m: analyze(net, m, evals, reference=config["reference"]),
+            )
         return finite(doc)
 
     return key, run.unit(key, compute, check=_check_unit)

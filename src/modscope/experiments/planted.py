@@ -41,7 +41,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from modscope.experiments.checks import check_fields, check_int, check_number
+from modscope.experiments.checks import NUMBER, check_fields, check_int, check_number
 from modscope.experiments.planted_measure import SCORES
 from modscope.experiments.planted_nets import FAMILIES
 from modscope.experiments.run import Run
@@ -125,8 +125,6 @@ def unit_key(family: str, c: float, replicate: int) -> str:
 
 
 def _check_unit(doc: Mapping[str, Any]) -> None:
-    from modscope.experiments.checks import NUMBER
-
     check_fields(doc, {"family": str, "c": (int, float), "accuracy": {"A": NUMBER, "B": NUMBER},
                        **{lens: dict.fromkeys(names, NUMBER) for lens, names in SCORES.items()}})  # fmt: skip
 
@@ -166,7 +164,7 @@ def _curve(units: Mapping[str, dict], config: Mapping[str, Any], family: str, le
     return out
 
 
-def _cell(mean: float | None, low: float | None, high: float | None, n: int) -> str | None:
+def _cell(mean: float | None, low: float | None, high: float | None) -> str | None:
     if mean is None:
         return None
     return f"{mean:.2f}" if low is None else f"{mean:.2f} [{low:.2f}, {high:.2f}]"
@@ -181,7 +179,7 @@ def _result(run: Run, config: dict, units: dict[str, dict]) -> RunResult:
             series, bands = {}, {}
             for score, label, bounds in curves:
                 points = _curve(units, config, family, lens, score, bounds)
-                rows.append([name, lens, label, *(_cell(*p[1:]) for p in points)])
+                rows.append([name, lens, label, *(_cell(*p[1:4]) for p in points)])
                 series[label] = [[c, m] for c, m, *_ in points if m is not None]
                 bands[label] = [[c, lo, hi] for c, _, lo, hi, _ in points if lo is not None]
             sections.append(lines_section(
@@ -198,7 +196,7 @@ def _result(run: Run, config: dict, units: dict[str, dict]) -> RunResult:
     )  # fmt: skip
     reps = range(config["replicates"])
     acc_rows = [
-        [_NAMES[f], t, *(_cell(*mean_ci([units[unit_key(f, float(c), r)]["accuracy"][t] for r in reps]))
+        [_NAMES[f], t, *(_cell(*mean_ci([units[unit_key(f, float(c), r)]["accuracy"][t] for r in reps])[:3])
                          for c in config["crosstalk"])]
         for f in config["networks"] for t in ("A", "B")
     ]  # fmt: skip

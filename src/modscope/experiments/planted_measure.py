@@ -59,7 +59,7 @@ def measure(
     and data across cross-talk (paired replicates)."""
     from sklearn.metrics import adjusted_rand_score
 
-    from modscope.bridge import assignment, bridge, usage_of
+    from modscope.bridge import NONE, bridge, usage_of
     from modscope.cluster import spectral_partition
     from modscope.graph import WeightGraph
     from modscope.masks import evaluate_masks, train_masks
@@ -102,8 +102,8 @@ def measure(
         iou.append(both / union if union else math.nan)
         inside.append(both / n_kept if n_kept else math.nan)
     table = evaluate_masks(net, masks, {t: [s] for t, s in test.items()}, metric=task_accuracy)
-    used = assignment(usage_of(graph, masks, model=net).used)
-    some = used != -1  # NONE: a unit no mask uses says nothing about either module
+    used = usage_of(graph, masks, model=net).assignment
+    some = used != NONE  # a unit no mask uses says nothing about either module
     functional = {
         "iou": float(np.mean(iou)), "inside": float(np.mean(inside)),
         "p_specialize": _p_specialize(table, 1 / data.classes),

@@ -40,7 +40,6 @@ from __future__ import annotations
 import operator
 from dataclasses import dataclass, replace
 
-import torch
 from torch import fx, nn
 
 from modscope.graph import ops
@@ -51,7 +50,7 @@ from modscope.graph.layer import GraphError
 from modscope.graph.ops import arg, where
 from modscope.graph.views import attend
 
-_REDUCTIONS = {"mean", "sum", "amax", "amin", torch.mean, torch.sum, torch.amax, torch.amin}
+_REDUCTIONS = ops.REDUCE_METHODS | ops.REDUCE_FUNCTIONS
 
 
 @dataclass(frozen=True)
@@ -202,10 +201,8 @@ class Attention:
             if shape is not None and len(shape) < 3:
                 return None  # a plain feature vector: the feed-forward rules decide
             whole = all(isinstance(e, int) or e == slice(None) for e in entries if e is not Ellipsis)
-            last = len(shape) - 1 if shape is not None else None
-            touches = Ellipsis in entries[:-1] or (
-                last is not None and len(entries) > last and entries[last] != slice(None)
-            )
+            last = len(shape) - 1 if shape is not None else 2  # without shapes: (batch, length, features)
+            touches = Ellipsis in entries[:-1] or (len(entries) > last and entries[last] != slice(None))
             if not whole or touches:
                 raise GraphError(f"{at} indexes the feature dimension (the units); only x[:, i] / x[i] "
                                  "over positions keep whole units")  # fmt: skip

@@ -101,6 +101,9 @@ FLATTEN_FUNCTIONS = {torch.flatten}
 PASS_METHODS = {"relu", "sigmoid", "tanh", "softmax", "log_softmax", "gelu"}
 IDENTITY_METHODS = {"contiguous", "float", "double", "to", "type_as", "detach"}
 FLATTEN_METHODS = {"flatten", "view", "reshape"}
+#: reductions over a sequence's positions (time, tokens), as methods and as functions
+REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
+REDUCE_FUNCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
 ADD_OPS = {operator.add, operator.iadd, operator.sub, operator.isub, torch.add, torch.sub, "add", "add_"}
 CAT_OPS = {torch.cat, torch.concat, torch.concatenate}
 # With one activation and a number: a shift or a uniform scale keeps the units.

@@ -70,8 +70,6 @@ ACCEPTED = (
     "mean/sum/amax/amin over time, elementwise operations, Linear, LayerNorm, torch.cat(dim=-1), a "
     "stacked LSTM/GRU/RNN; on h_n / c_n: an integer index such as h_n[-1]"
 )
-_REDUCTIONS = {"mean", "sum", "amax", "amin"}
-_REDUCE_FUNCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
 _ELEMENTWISE_MODULES = tuple(m for m in ops.PASS_MODULES if "Pool" not in m.__name__) + ops.IDENTITY_MODULES
 _ELEMENTWISE = (
     {f for f in ops.PASS_FUNCTIONS if "pool" not in getattr(f, "__name__", "")}
@@ -218,8 +216,8 @@ class Recurrent:
         if (node.op == "call_method" and t == "select") or (node.op == "call_function" and t is torch.select):
             d = _axis(arg(node, 1, "dim"), dims, at)
             return self._index(node, state[src], dims, (*(slice(None),) * d, arg(node, 2, "index")))
-        reduction = node.op == "call_method" and t in _REDUCTIONS
-        if reduction or (node.op == "call_function" and t in _REDUCE_FUNCTIONS):
+        reduction = node.op == "call_method" and t in ops.REDUCE_METHODS
+        if reduction or (node.op == "call_function" and t in ops.REDUCE_FUNCTIONS):
             dim, keep = arg(node, 1, "dim"), arg(node, 2, "keepdim", False)
             if dim is None or keep or isinstance(dim, (tuple, list)) or dims[_axis(dim, dims, at)] != "t":
                 raise GraphError(f"{at} reduces a recurrent sequence other than over its time dimension")

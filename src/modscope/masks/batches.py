@@ -63,6 +63,14 @@ class ModelInputs:
         return (str(spec), tuple((tuple(v.shape), v.dtype) if isinstance(v, Tensor) else ("value", repr(v))
                                  for v in leaves))  # fmt: skip
 
+    @property
+    def batch_size(self) -> int:
+        """The examples along dim 0 of the first batch-first tensor (ValueError when there is none)."""
+        for t in self.flatten()[0]:
+            if t.ndim > 0:
+                return int(t.shape[0])
+        raise ValueError("no batch-first tensor among the inputs")
+
     def map(self, fn: Callable[[Tensor], Tensor]) -> ModelInputs:
         tensors, rebuild = self.flatten()
         return rebuild([fn(t) for t in tensors])

@@ -180,7 +180,6 @@ def control_masks(
             control.model, control.tasks, loss_fn, seed=seed, progress=labelled(progress, name),
             checkpoint=None if checkpoint is None else f"{os.fspath(checkpoint)}.{name}.pt", **settings,
         )  # fmt: skip
-        masks = MaskSet.from_logits(masks.logits or {}, hparams={**masks.hparams, "control": name},
-                                    fingerprint=masks.fingerprint)  # fmt: skip
+        masks.hparams["control"] = name
         out[name] = replace(control, masks=masks)
     return out

@@ -153,8 +153,8 @@ def grouped_forward(
     groups = {n: _unbind_groups(w) for n, w in weights.items()}
     results = []
     for t, x in enumerate(inputs):
-        parts = [(s, part) for s, part in enumerate(x.split(samples)) if part.flatten()[0][0].shape[0] > 0]
+        parts = [(s, p) for s, p in enumerate(x.split(samples)) if p.batch_size > 0]
         outs = [functional_call(model, {n: g[t * samples + s] for n, g in groups.items()}, p.args, p.kwargs)
                 for s, p in parts]  # fmt: skip
-        results.append(_cat_outputs(outs, [part.flatten()[0][0].shape[0] for _, part in parts]))
+        results.append(_cat_outputs(outs, [p.batch_size for _, p in parts]))
     return results

@@ -165,7 +165,7 @@ class MaskedModel(nn.Module):
             with frozen(self.model):
                 return functional_call(self.model, weights, args, kwargs)
         inputs = ModelInputs(args, kwargs)
-        self._batch_sizes[self.tasks[t]] = _batch_size(inputs)
+        self._batch_sizes[self.tasks[t]] = inputs.batch_size
         return self._run(self._sample(t), [inputs])[0]
 
     def task_losses(
@@ -182,7 +182,7 @@ class MaskedModel(nn.Module):
         if len(batches) != len(self.tasks):
             raise ValueError(f"need one batch per task {list(self.tasks)}, got {len(batches)}")
         inputs = [ModelInputs.of(x) for x, _ in batches]
-        self._batch_sizes.update((t, _batch_size(x)) for t, x in zip(self.tasks, inputs, strict=True))
+        self._batch_sizes.update((t, x.batch_size) for t, x in zip(self.tasks, inputs, strict=True))
         outputs = self._run(self._sample(None, aux), inputs)
         losses = []
         for task, out, (_, targets) in zip(self.tasks, outputs, batches, strict=True):
@@ -255,10 +255,3 @@ class MaskedModel(nn.Module):
                              f"(T, L), got {state!r}")  # fmt: skip
         for g, s in zip(self.generators.values(), state.cpu(), strict=True):
             g.set_state(s.contiguous())
-
-
-def _batch_size(inputs: ModelInputs) -> int:
-    for leaf in inputs.flatten()[0]:
-        if leaf.ndim > 0:
-            return int(leaf.shape[0])
-    raise ValueError("no batch-first tensor among the inputs")
