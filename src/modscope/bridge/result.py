@@ -7,15 +7,15 @@ results document (:mod:`modscope.results`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
+from modscope.atomic import finite
 from modscope.bridge.null import null_stats
-from modscope.persist import JsonResult, data_frame
+from modscope.persist import JsonResult, data_frame, nan_if_none
 from modscope.results import bridge_section, table
 
 __all__ = ["NULLS", "BridgeResult"]
@@ -25,21 +25,18 @@ NULLS = ("partitions", "shuffled")
 
 
 def _matrix(v: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
-    a = np.array([[math.nan if x is None else x for x in row] for row in v] if len(shape) == 2
-                 else [math.nan if x is None else x for x in v], dtype=float)  # fmt: skip
+    a = np.array([[nan_if_none(x) for x in row] for row in v] if len(shape) == 2
+                 else [nan_if_none(x) for x in v], dtype=float)  # fmt: skip
     if a.shape != shape:
         raise ValueError(f"bridge result {what!r} must have shape {shape}, got {a.shape}")
     return a
 
 
 def _plain(v: Any) -> Any:
-    if isinstance(v, np.ndarray):
-        return [_plain(x) for x in v.tolist()] if v.ndim else _plain(v.item())
-    if isinstance(v, list):
-        return [_plain(x) for x in v]
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
+    """JSON-able: arrays as lists (also inside dicts), non-finite floats as None."""
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return finite(v.tolist() if isinstance(v, np.ndarray) else v)
 
 
 @dataclass(frozen=True, repr=False)
@@ -155,12 +152,7 @@ class BridgeResult(JsonResult):
 
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
-        d["tasks"] = list(self.tasks)
-        for key in ("null_partitions", "null_shuffled"):
-            d[key] = {n: _plain(v) for n, v in d[key].items()}
-        return {key: _plain(v) if not isinstance(v, dict) else {n: _plain(x) for n, x in v.items()}
-                for key, v in d.items()}  # fmt: skip
+        return _plain({f.name: getattr(self, f.name) for f in fields(self)})
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> BridgeResult:
@@ -184,7 +176,7 @@ class BridgeResult(JsonResult):
         d["unit_share"] = _matrix(d["unit_share"], (k, len(tasks)), "unit_share")
         for key, shape in (("weight_share", (k, len(tasks))), ("across", (len(tasks),))):
             d[key] = None if d[key] is None else _matrix(d[key], shape, key)
-        d["scores"] = {str(n): math.nan if v is None else float(v) for n, v in d["scores"].items()}
+        d["scores"] = {str(n): nan_if_none(v) for n, v in d["scores"].items()}
         for key in ("null_partitions", "null_shuffled"):
             if set(d[key]) != set(d["scores"]):
                 raise ValueError(f"bridge result {key!r} must hold one null per score {sorted(d['scores'])}")

@@ -260,7 +260,9 @@ def reproduce(run: Run, config: dict) -> RunResult:
     result = _result(run, config, net, layer, nonzero, les, masks, connected)
     if not config.get("planted", False):
         return result
-    planted = run.unit("planted", lambda: _planted(config), check=_check_planted)
+    from modscope.experiments.planted import check_planted_unit
+
+    planted = run.unit("planted", lambda: _planted(config), check=check_planted_unit)
     return _with_planted(result, planted, masks, connected[0])
 
 
@@ -272,10 +274,6 @@ def _planted(cfg: dict) -> dict:
     from modscope.seeding import derive
 
     return measure("mlp", 0.0, PLANTED["quick"], derive(cfg["seed"], "planted"))
-
-
-def _check_planted(doc: Mapping[str, Any]) -> None:
-    check_fields(doc, {"structural": dict, "functional": dict, "connected": dict, "accuracy": dict})
 
 
 def _with_planted(result: RunResult, planted: dict, masks: dict, lenses: Any) -> RunResult:

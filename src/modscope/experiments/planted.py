@@ -124,7 +124,8 @@ def unit_key(family: str, c: float, replicate: int) -> str:
     return f"{family}-c{c:g}-r{replicate}"
 
 
-def _check_unit(doc: Mapping[str, Any]) -> None:
+def check_planted_unit(doc: Mapping[str, Any]) -> None:
+    """ValueError unless ``doc`` is what :func:`~.planted_measure.measure` returns (a unit read back)."""
     check_fields(doc, {"family": str, "c": (int, float), "accuracy": {"A": NUMBER, "B": NUMBER},
                        **{lens: dict.fromkeys(names, NUMBER) for lens, names in SCORES.items()}})  # fmt: skip
 
@@ -145,7 +146,7 @@ def reproduce(run: Run, config: dict) -> RunResult:
         def compute(family=family, c=c, seed=seed, progress=progress) -> dict:
             return measure(family, c, config, seed, progress=progress)
 
-        units[key] = run.unit(key, compute, check=_check_unit)
+        units[key] = run.unit(key, compute, check=check_planted_unit)
         run.report("planted", i + 1, len(jobs), {"unit": key})
     return _result(run, config, units)
 

@@ -18,8 +18,9 @@ train_masks`), scored by
 * ``ari_units``: ARI of the masks' unit assignment (:func:`modscope.bridge.assignment`: the task using a
   unit, or "shared") against the planted modules, over the units some mask uses.
 
-Connected (:func:`modscope.bridge.bridge`): ``ari_bridge``, the ARI of the clusters against the masks' unit
-assignment (the bridge's own rule: over the units used by exactly one task; no null is drawn here), and
+Connected (the scores of :func:`modscope.bridge.bridge`, by :func:`modscope.bridge.observe`):
+``ari_bridge``, the ARI of the clusters against the masks' unit assignment (the bridge's own rule: over the
+units used by exactly one task; no null is drawn here), and
 ``one_task``, the share of the used units that exactly one task uses -- the units that ARI stands on.
 """
 
@@ -59,7 +60,7 @@ def measure(
     and data across cross-talk (paired replicates)."""
     from sklearn.metrics import adjusted_rand_score
 
-    from modscope.bridge import NONE, bridge, usage_of
+    from modscope.bridge import NONE, check_partition, observe, usage_of
     from modscope.cluster import spectral_partition
     from modscope.graph import WeightGraph
     from modscope.masks import evaluate_masks, train_masks
@@ -102,7 +103,8 @@ def measure(
         iou.append(both / union if union else math.nan)
         inside.append(both / n_kept if n_kept else math.nan)
     table = evaluate_masks(net, masks, {t: [s] for t, s in test.items()}, metric=task_accuracy)
-    used = usage_of(graph, masks, model=net).assignment
+    usage = usage_of(graph, masks, model=net)
+    used = usage.assignment
     some = used != NONE  # a unit no mask uses says nothing about either module
     functional = {
         "iou": float(np.mean(iou)), "inside": float(np.mean(inside)),
@@ -110,11 +112,11 @@ def measure(
         "ari_units": float(adjusted_rand_score(planted[some], used[some])) if some.any() else None,
         "kept": {t: masks[t].total_kept / masks[t].total_size for t in masks.tasks},
     }  # fmt: skip
-    lenses = bridge(graph, partition, masks, n_null=0, seed=derive(seed, "cluster"), model=net)
+    lenses = observe(*check_partition(graph, partition), usage)  # the bridge's scores, without nulls
     return {
         "family": family, "c": float(c), "accuracy": accuracy, "structural": structural,
         "functional": functional,
-        "connected": {"ari_bridge": finite_or_none(lenses.ari), "one_task": _share(lenses.units)},
+        "connected": {"ari_bridge": finite_or_none(lenses.scores["ari"]), "one_task": _share(used)},
     }  # fmt: skip
 
 
@@ -128,7 +130,10 @@ def _p_specialize(table: Any, chance: float) -> float | None:
     return sum(both) / 2
 
 
-def _share(units: Mapping[str, int]) -> float | None:
-    used = units["one task"] + units["shared"]
-    return units["one task"] / used if used else None
+def _share(assignment: np.ndarray) -> float | None:
+    """The share of the used units that one task alone uses."""
+    from modscope.bridge import NONE
+
+    one, used = int(np.count_nonzero(assignment >= 0)), int(np.count_nonzero(assignment != NONE))
+    return one / used if used else None
 

@@ -26,6 +26,11 @@ class Units:
     col_norms: tuple[nn.Module, ...] = ()  # norms after a nonlinearity: scale the next layers' columns
     joined: bool = False  # the result of an add or cat, nothing but identities and norms since
 
+    def passed(self) -> Units:
+        """These units after an operation that is neither an identity nor a norm: no layer's rows left for a
+        norm to scale, and no longer the plain result of a join."""
+        return replace(self, producer=None, joined=False)
+
 
 def norm_units(node: fx.Node, module: nn.Module, units: Units, gm: fx.GraphModule) -> int:
     """Units a norm scales; refuses a norm that is not a per-unit scale (module doc of blocks)."""

@@ -178,7 +178,7 @@ class Attention:
             self.ends.append(Ends(p.groups[0], layer.name, layer.param, 0, "bias", 0))
             self.groups.read.add(self.groups.find(p.groups[0]))
         self.tokens = True
-        return replace(parts[2], producer=None, joined=False)
+        return parts[2].passed()
 
     def _embedding(self, node: fx.Node, module: nn.Embedding, state: dict) -> Units:
         name = str(node.target)
@@ -206,7 +206,7 @@ class Attention:
             if not whole or touches:
                 raise GraphError(f"{at} indexes the feature dimension (the units); only x[:, i] / x[i] "
                                  "over positions keep whole units")  # fmt: skip
-            return replace(units, producer=None, joined=False)
+            return units.passed()
         flatten = (node.op == "call_function" and t in ops.FLATTEN_FUNCTIONS) or (
             node.op == "call_method" and t in ops.FLATTEN_METHODS
         )
@@ -223,6 +223,6 @@ class Attention:
             if not isinstance(dim, int) or dim in (-1, last) or arg(node, 2, "keepdim", False):
                 raise GraphError(f"{at} reduces other than over positions (dim={dim!r}); only a reduction "
                                  "over a position dimension keeps the units")  # fmt: skip
-            return replace(units, producer=None, joined=False)
+            return units.passed()
         return None
 

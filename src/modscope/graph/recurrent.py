@@ -52,7 +52,7 @@ returning the module's tuple itself.
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import fx, nn
@@ -261,7 +261,7 @@ class Recurrent:
         if "t" in dims:
             self.seqs[node] = dims
         # a norm before it still scales the next layer's columns
-        return replace(units, producer=None, joined=False)
+        return units.passed()
 
 
 

@@ -298,7 +298,7 @@ def _trace(
             elif isinstance(module, ops.IDENTITY_MODULES):
                 state[node] = units
             elif isinstance(module, ops.PASS_MODULES):
-                state[node] = replace(units, producer=None, joined=False)
+                state[node] = units.passed()
             elif isinstance(module, nn.Flatten):
                 state[node] = flatten(units)
             else:
@@ -324,7 +324,7 @@ def _trace(
                 if t in ops.IDENTITY_FUNCTIONS or t in ops.IDENTITY_METHODS:
                     state[node] = units
                 elif t in ops.PASS_FUNCTIONS or t in ops.PASS_METHODS:
-                    state[node] = replace(units, producer=None, joined=False)
+                    state[node] = units.passed()
                 elif t in ops.FLATTEN_FUNCTIONS or t in ops.FLATTEN_METHODS:
                     state[node] = flatten(units)
                 else:
